@@ -1,0 +1,1 @@
+"""The answers app: questions in, spoken answers out."""

@@ -1,0 +1,301 @@
+"""WebSocket consumers. Thin: parse, validate, persist, hand off to workers; ping, cancel and
+disconnect are handled at once because no answer work ever runs here."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from . import dispatch, events, protocol, services
+from .auth import key_from_scope
+from .models import Question, Stream
+from .providers import known_voices
+
+logger = logging.getLogger(__name__)
+
+END = "##END##"
+PONG = "pong"
+CLOSE_TOO_BIG = 1009
+CLOSE_RATE_LIMITED = 4429
+MAX_WAITING_QUESTIONS = 5
+
+
+class RateLimit:
+    """At most `limit` messages in any `window` seconds."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit, self.window = limit, window
+        self.times: collections.deque[float] = collections.deque()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        while self.times and now - self.times[0] > self.window:
+            self.times.popleft()
+        self.times.append(now)
+        return len(self.times) <= self.limit
+
+
+class ListenerConsumer(AsyncWebsocketConsumer):
+    """Receives an answer's layer messages and writes them to the socket, in either protocol.
+
+    Protocol 1 (the original endpoint's): one binary frame of audio per chunk, then `##END##`.
+    Protocol 2: a JSON event for everything, each audio frame preceded by its `answer.audio` event.
+    """
+
+    protocol_version = 1
+
+    async def send_json(self, payload: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(payload))
+
+    async def send_error(self, code: str, message: str) -> None:
+        if self.protocol_version >= 2:
+            await self.send_json({"type": "error", "code": code, "message": message})
+        else:
+            await self.send(text_data=f"ERROR {code}: {message}")
+
+    def answer_event(self, message: dict[str, Any]) -> bool:
+        """Whether `message` belongs to what this connection is listening to."""
+        return True
+
+    async def forward(self, message: dict[str, Any]) -> None:
+        if self.answer_event(message) and self.protocol_version >= 2:
+            await self.send_json(events.client_event(message))
+
+    answer_started = forward
+    answer_chunk = forward
+    answer_chunk_failed = forward
+
+    async def answer_audio(self, message: dict[str, Any]) -> None:
+        if not self.answer_event(message):
+            return
+        if self.protocol_version >= 2:
+            await self.send_json(events.client_event(message))
+            if message["data"]:
+                await self.send(bytes_data=message["data"])
+            return
+        # Protocol 1: whole chunks, as its clients decode each binary frame on its own.
+        self.chunk_audio.extend(message["data"])
+        if message["last"] and self.chunk_audio:
+            await self.send(bytes_data=bytes(self.chunk_audio))
+            self.chunk_audio.clear()
+
+    async def answer_done(self, message: dict[str, Any]) -> None:
+        if self.answer_event(message):
+            await self.end_answer(message)
+
+    async def answer_failed(self, message: dict[str, Any]) -> None:
+        if self.answer_event(message):
+            await self.end_answer(message)
+
+    async def end_answer(self, message: dict[str, Any]) -> None:
+        if self.protocol_version >= 2:
+            await self.send_json(events.client_event(message))
+        else:
+            if message["type"] == events.FAILED and message.get("reason") != "cancelled":
+                await self.send_error(message.get("reason", "failed"), "The answer could not be completed.")
+            await self.send(text_data=END)
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.chunk_audio = bytearray()
+        await super().websocket_connect(message)
+
+
+class LiveAnswerConsumer(ListenerConsumer):
+    """`/live/answer?key=…`: a client asks, and hears its own answers."""
+
+    async def connect(self) -> None:
+        self.stream: Stream | None = None
+        self.current: int | None = None  # the question being answered
+        self.answer_id: int | None = None
+        self.worker: str | None = None  # the worker channel answering it
+        self.cancel_requested = False
+        self.waiting: collections.deque[int] = collections.deque()
+        self.rate = RateLimit(settings.LIVEQA_RATE_LIMIT_MESSAGES, settings.LIVEQA_RATE_LIMIT_WINDOW)
+        self.watchdog: asyncio.Task[None] | None = None
+        self.last_heard = time.monotonic()
+        key, subprotocol = key_from_scope(self.scope)
+        try:
+            self.stream = await database_sync_to_async(services.stream_for_key)(key)
+        except DatabaseError:
+            logger.exception("database unavailable while authenticating a listener")
+        if self.stream is None:
+            await self.close()  # before accept: the handshake is refused with 403
+            return
+        self.limits = protocol.Limits(
+            max_question_chars=min(settings.LIVEQA_MAX_QUESTION_CHARS, self.stream.max_question_chars),
+            max_prompt_chars=settings.LIVEQA_MAX_PROMPT_CHARS,
+            voices=frozenset(known_voices()) | frozenset(await _preset_names()),
+        )
+        await self.accept(subprotocol)
+
+    async def disconnect(self, code: int) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if getattr(self, "stream", None) is None:
+            return
+        await self.cancel_current()
+        waiting, self.waiting = list(self.waiting), collections.deque()
+        if waiting:
+            await database_sync_to_async(_skip_questions)(waiting)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > settings.LIVEQA_MAX_FRAME_BYTES:
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        if not self.rate.allow():
+            await self.send_error("rate_limited", "Too many messages; slow down.")
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
+        if text_data is None:
+            await self.send_error("invalid_json", "Send JSON text frames, not binary ones.")
+            return
+        try:
+            request = protocol.parse(text_data, self.limits)
+        except protocol.ProtocolError as exc:
+            await self.send_error(exc.code, exc.message)
+            return
+        if isinstance(request, protocol.Ping):
+            await (self.send_json({"type": "pong"}) if self.protocol_version >= 2 else self.send(text_data=PONG))
+        elif isinstance(request, protocol.Hello):
+            self.protocol_version = request.protocol
+            await self.send_json({"type": "hello", "protocol": request.protocol})
+        elif isinstance(request, protocol.Cancel):
+            await self.cancel_current()
+        else:
+            await self.ask(request)
+
+    async def ask(self, request: protocol.Ask) -> None:
+        if len(self.waiting) >= MAX_WAITING_QUESTIONS:
+            await self.send_error("busy", "Too many questions waiting; ask again after this answer.")
+            return
+        assert self.stream is not None
+        try:
+            question = await database_sync_to_async(services.create_question)(
+                self.stream,
+                request.question,
+                source=Question.Source.LIVE,
+                approved=True,
+                prompt_override=request.prompt,
+                voice_override=request.voice_override,
+            )
+        except DatabaseError:
+            logger.exception("could not store a question")
+            await self.send_error("unavailable", "LiveQA cannot store questions right now; try again.")
+            return
+        self.waiting.append(question.pk)
+        if self.current is None:
+            await self.next_question()
+
+    async def next_question(self) -> None:
+        while self.waiting and self.current is None:
+            question_id = self.waiting.popleft()
+            self.current, self.worker, self.cancel_requested = question_id, None, False
+            try:
+                await dispatch.ask(question_id, self.channel_name)
+            except Exception:
+                logger.exception("could not hand question %s to a worker", question_id)
+                await database_sync_to_async(_fail_unsent)(question_id)
+                self.current = None
+                await self.send_error("unavailable", "No answer worker is reachable; try again.")
+                if self.protocol_version == 1:
+                    await self.send(text_data=END)
+                continue
+            self.last_heard = time.monotonic()
+            if self.watchdog is None or self.watchdog.done():
+                self.watchdog = asyncio.create_task(self.watch_worker())
+
+    async def cancel_current(self) -> None:
+        if self.current is None:
+            return
+        self.cancel_requested = True
+        if self.worker:
+            await self.tell_worker_to_cancel()
+        elif await database_sync_to_async(_skip_questions)([self.current]):
+            # Withdrawn before any worker claimed it: nobody else will end it.
+            await self.end_answer(
+                events.message(events.FAILED, question_id=self.current, answer_id=None,
+                               reason="cancelled", text="", timings={})
+            )
+        # Otherwise a worker has just claimed it; answer_started passes the cancellation on.
+
+    async def tell_worker_to_cancel(self) -> None:
+        try:
+            await self.channel_layer.send(self.worker, events.message(events.CANCEL, question_id=self.current))
+        except Exception as exc:
+            logger.warning("could not reach worker to cancel: %s", exc)
+
+    def answer_event(self, message: dict[str, Any]) -> bool:
+        if "question_id" in message:
+            return message["question_id"] == self.current
+        return message.get("answer_id") == self.answer_id and self.answer_id is not None
+
+    async def answer_started(self, message: dict[str, Any]) -> None:
+        if message["question_id"] != self.current:
+            return
+        self.last_heard = time.monotonic()
+        self.worker = message["worker"]
+        self.answer_id = message["answer_id"]
+        self.chunk_audio.clear()
+        if self.cancel_requested:
+            await self.tell_worker_to_cancel()
+        await self.forward(message)
+
+    async def forward(self, message: dict[str, Any]) -> None:
+        self.last_heard = time.monotonic()
+        await super().forward(message)
+
+    answer_chunk = forward
+    answer_chunk_failed = forward
+
+    async def answer_audio(self, message: dict[str, Any]) -> None:
+        self.last_heard = time.monotonic()
+        await super().answer_audio(message)
+
+    async def end_answer(self, message: dict[str, Any]) -> None:
+        if message.get("question_id") != self.current:
+            return
+        await super().end_answer(message)
+        self.current = self.worker = self.answer_id = None
+        await self.next_question()
+
+    async def watch_worker(self) -> None:
+        """End an answer whose worker went silent, so the listener is never left waiting."""
+        stale_after = settings.LIVEQA_ANSWER_STALE_AFTER
+        while self.current is not None:
+            silence = time.monotonic() - self.last_heard
+            if silence < stale_after:
+                await asyncio.sleep(stale_after - silence)
+                continue
+            logger.warning("worker went silent on question %s", self.current)
+            await self.end_answer(
+                events.message(events.FAILED, question_id=self.current, answer_id=None,
+                               reason="worker_timeout", text="", timings={})
+            )
+
+
+async def _preset_names() -> list[str]:
+    from .models import VoicePreset
+
+    return [name async for name in VoicePreset.objects.values_list("name", flat=True)]
+
+
+def _skip_questions(question_ids: list[int]) -> int:
+    return Question.objects.filter(pk__in=question_ids, status=Question.Status.APPROVED).update(
+        status=Question.Status.SKIPPED
+    )
+
+
+def _fail_unsent(question_id: int) -> None:
+    Question.objects.filter(pk=question_id, status=Question.Status.APPROVED).update(
+        status=Question.Status.FAILED
+    )

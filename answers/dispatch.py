@@ -1,0 +1,61 @@
+"""Handing work to answer workers over the channel layer.
+
+With Redis (`REDIS_URL`), workers are separate `answerworker` processes. Without it (the embedded
+default), the channel layer lives in memory, so the first dispatch starts a worker inside this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import events
+
+logger = logging.getLogger(__name__)
+
+_embedded: asyncio.Task[None] | None = None
+
+
+def embedded_worker_enabled() -> bool:
+    return not settings.REDIS_URL
+
+
+async def ensure_embedded_worker() -> None:
+    """Start this process's own worker on the running loop, once (embedded default only)."""
+    global _embedded
+    if not embedded_worker_enabled():
+        return
+    loop = asyncio.get_running_loop()
+    if _embedded is not None and not _embedded.done() and _embedded.get_loop() is loop:
+        return
+    from .providers import pipeline
+    from .workers import AnswerWorker
+
+    worker = AnswerWorker(pipeline())
+    # The worker lives as long as the process: it is owned by this module, not by any connection.
+    _embedded = loop.create_task(worker.run(), name="embedded-answer-worker")
+    _embedded.add_done_callback(_report_exit)
+    await worker.ready.wait()
+
+
+def _report_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("embedded answer worker stopped", exc_info=task.exception())
+
+
+async def to_workers(message: dict[str, Any]) -> None:
+    await ensure_embedded_worker()
+    await get_channel_layer().send(settings.LIVEQA_WORKER_CHANNEL, message)
+
+
+async def ask(question_id: int, reply_channel: str | None) -> None:
+    await to_workers(events.message(events.QUESTION, question_id=question_id, reply_channel=reply_channel))
+
+
+async def kick_stream(stream_id: int) -> None:
+    """Let a worker answer the stream's next approved question, if the stream is idle."""
+    await to_workers(events.message(events.STREAM_NEXT, stream_id=stream_id))

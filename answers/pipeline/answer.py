@@ -1,0 +1,285 @@
+"""Orchestration: tokens → speech chunks → concurrent, strictly ordered synthesis → typed events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+
+from .chunker import Chunk, SpeechChunker
+from .llm import LLM, LLMError, LLMRequest
+from .tts import AudioFormat, SpeechRouter, TTSEngine, TTSError, Voice
+
+logger = logging.getLogger(__name__)
+
+
+# --- Events --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkTimings:
+    """Seconds since the answer started."""
+
+    ready: float  # the chunker released it
+    first_audio: float | None = None
+    done: float | None = None
+
+
+@dataclass
+class Timings:
+    """Seconds since the answer started; None when the moment never came."""
+
+    first_token: float | None = None
+    first_chunk: float | None = None
+    first_audio: float | None = None
+    llm_done: float | None = None
+    total: float | None = None
+    characters: int = 0
+    chunks: int = 0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class AnswerStarted:
+    pass
+
+
+@dataclass(frozen=True)
+class ChunkReady:
+    """A chunk is about to be spoken (emitted in order, right before its audio)."""
+
+    seq: int
+    caption: str
+    speech: str
+    language: str
+
+
+@dataclass(frozen=True)
+class AudioFrame:
+    """Audio of chunk `seq`. Several frames may make up a chunk; the one with `last` closes it
+    (its `data` may be empty)."""
+
+    seq: int
+    data: bytes
+    format: str
+    sample_rate: int
+    last: bool
+
+
+@dataclass(frozen=True)
+class ChunkFailed:
+    seq: int
+    text: str
+    error: str
+
+
+@dataclass(frozen=True)
+class AnswerDone:
+    text: str
+    timings: Timings
+    chunks: list[tuple[Chunk, ChunkTimings]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AnswerFailed:
+    reason: str
+    text: str  # the partial text, kept
+    timings: Timings
+    chunks: list[tuple[Chunk, ChunkTimings]] = field(default_factory=list)
+
+
+AnswerEvent = AnswerStarted | ChunkReady | AudioFrame | ChunkFailed | AnswerDone | AnswerFailed
+
+
+# --- Pipeline ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    llm: LLMRequest
+    voice: Voice
+
+
+class _Failure:
+    def __init__(self, error: str):
+        self.error = error
+
+
+_END = object()
+
+
+class _Slot:
+    """One chunk's place in the speaking order, with the audio its synthesis has produced so far."""
+
+    def __init__(self, chunk: Chunk, timings: ChunkTimings, speech: SpeechRouter, voice: Voice):
+        self.chunk = chunk
+        self.timings = timings
+        self.audio: asyncio.Queue[bytes | object] = asyncio.Queue()
+        self.engine: TTSEngine | None = None
+        try:
+            self.engine, self.voice = speech.route(voice, chunk.language)
+            self.format = self.engine.audio_format(self.voice)
+        except TTSError as exc:
+            self.voice, self.format = voice, AudioFormat(voice.format, 0)
+            self.audio.put_nowait(_Failure(str(exc)))
+
+
+class AnswerPipeline:
+    """Runs one answer at a time per `run()` call; safe to share between concurrent answers."""
+
+    def __init__(
+        self,
+        llm: LLM,
+        speech: SpeechRouter,
+        *,
+        concurrency: int = 3,
+        answer_timeout: float = 120.0,
+        tts_timeout: float = 20.0,
+        chunker_factory: Callable[[], SpeechChunker] = SpeechChunker,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.llm = llm
+        self.speech = speech
+        self.concurrency = concurrency
+        self.answer_timeout = answer_timeout
+        self.tts_timeout = tts_timeout
+        self.chunker_factory = chunker_factory
+        self.clock = clock
+
+    async def run(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
+        """Yield the answer's events; the last one is always AnswerDone or AnswerFailed.
+
+        Closing the iterator (or cancelling its consumer) cancels generation and synthesis.
+        """
+        events: asyncio.Queue[AnswerEvent] = asyncio.Queue()
+        run = _AnswerRun(self, request, events)
+        task = asyncio.create_task(run.produce(), name="answer-pipeline")
+        try:
+            while True:
+                event = await events.get()
+                yield event
+                if isinstance(event, AnswerDone | AnswerFailed):
+                    break
+        finally:
+            if not task.done():
+                task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+class _AnswerRun:
+    def __init__(self, pipeline: AnswerPipeline, request: AnswerRequest, events: asyncio.Queue[AnswerEvent]):
+        self.pipeline = pipeline
+        self.request = request
+        self.events = events
+        self.started = pipeline.clock()
+        self.timings = Timings()
+        self.text: list[str] = []
+        self.slots: asyncio.Queue[_Slot | None] = asyncio.Queue()
+        self.spoken: list[tuple[Chunk, ChunkTimings]] = []
+        self.limit = asyncio.Semaphore(pipeline.concurrency)
+
+    def now(self) -> float:
+        return self.pipeline.clock() - self.started
+
+    async def produce(self) -> None:
+        failure: str | None = None
+        self.events.put_nowait(AnswerStarted())
+        try:
+            async with asyncio.timeout(self.pipeline.answer_timeout), asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.deliver(), name="answer-deliver")
+                failure = await self.generate(tasks)
+        except TimeoutError:
+            failure = "answer_timeout"
+        except asyncio.CancelledError:
+            failure = "cancelled"
+            raise
+        except Exception:
+            logger.exception("answer pipeline crashed")
+            failure = "internal_error"
+        finally:
+            self.timings.total = self.now()
+            self.timings.characters = len("".join(self.text))
+            text = "".join(self.text)
+            if failure is None:
+                self.events.put_nowait(AnswerDone(text, self.timings, self.spoken))
+            else:
+                self.events.put_nowait(AnswerFailed(failure, text, self.timings, self.spoken))
+
+    async def generate(self, tasks: asyncio.TaskGroup) -> str | None:
+        """Stream the LLM into the chunker; returns the failure reason, if generation failed.
+
+        On a failure after tokens arrived, what was generated is still spoken."""
+        chunker = self.pipeline.chunker_factory()
+        failure = None
+        try:
+            async for token in self.pipeline.llm.stream(self.request.llm):
+                if self.timings.first_token is None:
+                    self.timings.first_token = self.now()
+                self.text.append(token)
+                for chunk in chunker.feed(token):
+                    self.submit(chunk, tasks)
+        except LLMError as exc:
+            logger.warning("LLM failed: %s", exc)
+            failure = exc.reason
+        self.timings.llm_done = self.now()
+        for chunk in chunker.flush():
+            self.submit(chunk, tasks)
+        self.slots.put_nowait(None)
+        return failure
+
+    def submit(self, chunk: Chunk, tasks: asyncio.TaskGroup) -> None:
+        if self.timings.first_chunk is None:
+            self.timings.first_chunk = self.now()
+        self.timings.chunks += 1
+        slot = _Slot(chunk, ChunkTimings(ready=self.now()), self.pipeline.speech, self.request.voice)
+        self.slots.put_nowait(slot)
+        if slot.engine is not None:
+            tasks.create_task(self.synthesize(slot.engine, slot), name=f"answer-tts-{chunk.seq}")
+
+    async def synthesize(self, engine: TTSEngine, slot: _Slot) -> None:
+        """Synthesize one chunk, at most `concurrency` at a time, its bytes queued as they come."""
+        try:
+            async with self.limit, asyncio.timeout(self.pipeline.tts_timeout):
+                async for data in engine.synthesize(slot.chunk.speech, slot.voice):
+                    slot.audio.put_nowait(data)
+        except TimeoutError:
+            slot.audio.put_nowait(_Failure(f"synthesis took longer than {self.pipeline.tts_timeout}s"))
+        except TTSError as exc:
+            slot.audio.put_nowait(_Failure(str(exc)))
+        except Exception as exc:
+            logger.exception("TTS engine crashed on chunk %d", slot.chunk.seq)
+            slot.audio.put_nowait(_Failure(f"{exc.__class__.__name__}: {exc}"))
+        else:
+            slot.audio.put_nowait(_END)
+
+    async def deliver(self) -> None:
+        """Forward audio strictly in chunk order, each piece as soon as it exists."""
+        while (slot := await self.slots.get()) is not None:
+            chunk = slot.chunk
+            self.events.put_nowait(ChunkReady(chunk.seq, chunk.caption, chunk.speech, chunk.language))
+            fmt = slot.format
+            while True:
+                item = await slot.audio.get()
+                if isinstance(item, _Failure):
+                    logger.warning("chunk %d skipped: %s", chunk.seq, item.error)
+                    self.events.put_nowait(ChunkFailed(chunk.seq, chunk.caption, item.error))
+                    break
+                if item is _END:
+                    slot.timings.done = self.now()
+                    self.events.put_nowait(AudioFrame(chunk.seq, b"", fmt.format, fmt.sample_rate, True))
+                    self.spoken.append((chunk, slot.timings))
+                    break
+                assert isinstance(item, bytes)
+                if slot.timings.first_audio is None:
+                    slot.timings.first_audio = self.now()
+                if self.timings.first_audio is None:
+                    self.timings.first_audio = self.now()
+                self.events.put_nowait(AudioFrame(chunk.seq, item, fmt.format, fmt.sample_rate, False))

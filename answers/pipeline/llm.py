@@ -1,0 +1,194 @@
+"""The LLM seam: stream an answer's tokens from an OpenAI-compatible server (or a local model)."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+
+logger = logging.getLogger(__name__)
+
+
+class LLMError(Exception):
+    """Generation failed. `reason` is a stable code: rate_limited, server_error, connection_error,
+    first_token_timeout, idle_timeout, stream_broken, rejected."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One question with everything that shapes its answer, passed explicitly (never shared state)."""
+
+    question: str
+    system_prompt: str
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+    def messages(self) -> list[dict[str, str]]:
+        messages = [{"role": "user", "content": self.question}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
+
+
+@dataclass(frozen=True)
+class LLMTimeouts:
+    connect: float = 5.0
+    first_token: float = 15.0  # from request to the first token, per attempt
+    idle: float = 10.0  # longest silence between two tokens
+    # The whole answer's deadline is the pipeline's (it covers speech too).
+
+
+class LLM(abc.ABC):
+    """Streams the text of an answer, token by token."""
+
+    model: str = ""
+
+    @abc.abstractmethod
+    def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        """Yield text as it is generated. Raise LLMError on failure; close everything on cancellation."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and models."""
+
+
+_RETRYABLE = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APIConnectionError,
+    httpx.TransportError,
+    TimeoutError,
+)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, openai.InternalServerError):
+        return "server_error"
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return "first_token_timeout"
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+        return "connection_error"
+    if isinstance(exc, openai.APIStatusError):
+        return "rejected"
+    return "stream_broken"
+
+
+class OpenAIChatLLM(LLM):
+    """Chat completions streamed from any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp).
+
+    Retries happen only before the first token; once text has been spoken, a failure ends the answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str,
+        base_url: str | None = None,
+        timeouts: LLMTimeouts | None = None,
+        retries: int = 2,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        retry_backoff: float = 0.25,
+    ):
+        self.model = model
+        self.timeouts = timeouts or LLMTimeouts()
+        self.retries = retries
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.retry_backoff = retry_backoff
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key or "unused",
+            base_url=base_url,
+            max_retries=0,  # retried here, only before the first token
+            timeout=httpx.Timeout(
+                connect=self.timeouts.connect,
+                read=max(self.timeouts.first_token, self.timeouts.idle),
+                write=self.timeouts.connect,
+                pool=self.timeouts.connect,
+            ),
+        )
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        attempt = 0
+        while True:
+            stream = None
+            try:
+                async with asyncio.timeout(self.timeouts.first_token):
+                    stream = await self._open(request)
+                    tokens = self._tokens(stream)
+                    first = await anext(tokens, None)
+            except _RETRYABLE as exc:
+                if stream is not None:
+                    await stream.close()
+                attempt += 1
+                if attempt > self.retries:
+                    raise LLMError(_reason(exc), str(exc)) from exc
+                logger.warning("LLM attempt %d failed before the first token (%s); retrying", attempt, exc)
+                await asyncio.sleep(self.retry_backoff * attempt)
+                continue
+            except openai.APIStatusError as exc:
+                raise LLMError("rejected", f"{exc.status_code} {exc.message}") from exc
+            except openai.APIError as exc:
+                if stream is not None:
+                    await stream.close()
+                raise LLMError("stream_broken", str(exc)) from exc
+            except BaseException:
+                if stream is not None:
+                    await stream.close()
+                raise
+            break
+
+        try:
+            if first is None:
+                return
+            yield first
+            while True:
+                try:
+                    async with asyncio.timeout(self.timeouts.idle):
+                        token = await anext(tokens, None)
+                except TimeoutError as exc:
+                    raise LLMError("idle_timeout", f"no token for {self.timeouts.idle}s") from exc
+                except (openai.APIError, httpx.HTTPError) as exc:
+                    raise LLMError("stream_broken", str(exc) or exc.__class__.__name__) from exc
+                if token is None:
+                    return
+                yield token
+        finally:
+            await stream.close()
+
+    async def _open(self, request: LLMRequest) -> openai.AsyncStream:
+        max_tokens = request.max_tokens or self.max_tokens
+        temperature = request.temperature if request.temperature is not None else self.temperature
+        extra: dict[str, object] = {}
+        if max_tokens:
+            extra["max_tokens"] = max_tokens
+        if temperature is not None:
+            extra["temperature"] = temperature
+        return await self.client.chat.completions.create(
+            model=request.model or self.model,
+            messages=request.messages(),  # type: ignore[arg-type]
+            stream=True,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    async def _tokens(stream: openai.AsyncStream) -> AsyncIterator[str]:
+        async for event in stream:
+            if event.choices and event.choices[0].delta and event.choices[0].delta.content:
+                yield event.choices[0].delta.content
+
+    async def aclose(self) -> None:
+        await self.client.close()

@@ -1,0 +1,124 @@
+"""The TTS seam: one interface, one class per engine, and a router that picks an engine per chunk."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import openai
+
+FORMATS = ("mp3", "wav", "pcm", "opus")
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+
+
+class TTSError(Exception):
+    """Synthesis of one chunk failed; the answer goes on without it."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    """What a chunk should sound like. `name` is engine-specific (an OpenAI voice, a Piper model...)."""
+
+    engine: str
+    name: str
+    speed: float = 1.0
+    format: str = "mp3"
+    language: str = "en"
+
+    def __post_init__(self) -> None:
+        if not MIN_SPEED <= self.speed <= MAX_SPEED:
+            raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+
+    def replace(self, **changes: object) -> Voice:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    format: str  # mp3 | wav | pcm | opus
+    sample_rate: int  # Hz; pcm is 16-bit little-endian mono
+
+
+class TTSEngine(abc.ABC):
+    """Turns one chunk of text into audio bytes, streamed as they are produced."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def synthesize(self, text: str, voice: Voice) -> AsyncIterator[bytes]:
+        """Yield the audio of `text`. Raise TTSError on failure; close everything on cancellation."""
+
+    @abc.abstractmethod
+    def audio_format(self, voice: Voice) -> AudioFormat: ...
+
+    def speaks(self, voice: Voice, language: str) -> bool:
+        """Whether this engine, with this voice, can read text in `language` (an ISO 639-1 code)."""
+        return True
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and models."""
+
+
+class SpeechRouter:
+    """Chooses the engine for each chunk: the voice's own engine when it speaks the chunk's language,
+    otherwise the fallback engine (so a Chinese chunk is never read by an English-only voice)."""
+
+    def __init__(self, engines: dict[str, TTSEngine], fallback: str | None = None):
+        self.engines = engines
+        self.fallback = fallback
+
+    def route(self, voice: Voice, language: str) -> tuple[TTSEngine, Voice]:
+        engine = self.engines.get(voice.engine)
+        if engine is not None and engine.speaks(voice, language):
+            return engine, voice
+        if self.fallback is not None:
+            fallback = self.engines[self.fallback]
+            routed = voice.replace(engine=self.fallback, name=language, language=language)
+            if fallback.speaks(routed, language):
+                return fallback, routed
+        if engine is None:
+            raise TTSError(f"no TTS engine named {voice.engine!r}")
+        return engine, voice
+
+    async def aclose(self) -> None:
+        for engine in self.engines.values():
+            await engine.aclose()
+
+
+class OpenAISpeech(TTSEngine):
+    """`/v1/audio/speech` of any OpenAI-compatible server, read as a stream so the first bytes can be
+    forwarded before the whole chunk is synthesized."""
+
+    name = "openai"
+    SAMPLE_RATE = 24000  # what OpenAI's voices produce for every format
+
+    def __init__(self, client: openai.AsyncOpenAI, model: str):
+        self.client = client
+        self.model = model
+
+    def audio_format(self, voice: Voice) -> AudioFormat:
+        return AudioFormat(voice.format, self.SAMPLE_RATE)
+
+    async def synthesize(self, text: str, voice: Voice) -> AsyncIterator[bytes]:
+        try:
+            async with self.client.audio.speech.with_streaming_response.create(
+                model=self.model,
+                voice=voice.name,
+                input=text,
+                speed=voice.speed,
+                response_format=voice.format,  # type: ignore[arg-type]
+            ) as response:
+                async for data in response.iter_bytes():
+                    if data:
+                        yield data
+        except openai.APIStatusError as exc:
+            raise TTSError(f"speech endpoint answered {exc.status_code}") from exc
+        except openai.APIError as exc:
+            raise TTSError(f"speech request failed: {exc.__class__.__name__}") from exc
+
+    async def aclose(self) -> None:
+        await self.client.close()

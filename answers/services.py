@@ -1,0 +1,226 @@
+"""ORM actions (synchronous; async callers wrap them in database_sync_to_async)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .models import Answer, AnswerChunk, Question, Stream, VoicePreset, hash_secret
+from .pipeline.tts import Voice
+
+logger = logging.getLogger(__name__)
+
+FINISHED = (Question.Status.ANSWERED, Question.Status.FAILED, Question.Status.SKIPPED)
+
+
+def stream_for_key(raw_key: str, slug: str | None = None) -> Stream | None:
+    """The stream this key opens (optionally only if it is `slug`'s), or None."""
+    if not raw_key:
+        return None
+    stream = Stream.objects.filter(key_hash=hash_secret(raw_key)).first()
+    if stream is None or not stream.check_key(raw_key) or (slug is not None and stream.slug != slug):
+        return None
+    return stream
+
+
+def create_question(
+    stream: Stream,
+    text: str,
+    *,
+    source: str,
+    viewer_name: str = "",
+    viewer_ip: str | None = None,
+    approved: bool | None = None,
+    prompt_override: str = "",
+    voice_override: dict[str, Any] | None = None,
+) -> Question:
+    if approved is None:
+        approved = stream.auto_approve
+    return Question.objects.create(
+        stream=stream,
+        text=text,
+        source=source,
+        viewer_name=viewer_name,
+        viewer_ip=viewer_ip,
+        status=Question.Status.APPROVED if approved else Question.Status.PENDING,
+        prompt_override=prompt_override,
+        voice_override=voice_override or {},
+        position=timezone.now().timestamp(),
+    )
+
+
+def claim_question(question_id: int, worker: str) -> Question | None:
+    """Approved → answering, only if nobody else got there first (a conditional update)."""
+    now = timezone.now()
+    claimed = Question.objects.filter(pk=question_id, status=Question.Status.APPROVED).update(
+        status=Question.Status.ANSWERING,
+        worker=worker,
+        attempts=F("attempts") + 1,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    if not claimed:
+        return None
+    return Question.objects.select_related("stream", "prompt", "voice", "stream__default_prompt").get(
+        pk=question_id
+    )
+
+
+def claim_next_for_stream(stream_id: int, worker: str) -> Question | None:
+    """The stream's next approved question, if the stream is not already speaking one (its queue is
+    answered one question at a time, highest priority first)."""
+    with transaction.atomic():
+        Stream.objects.select_for_update().filter(pk=stream_id).first()
+        queued = Question.objects.filter(stream_id=stream_id).exclude(source=Question.Source.LIVE)
+        if queued.filter(status=Question.Status.ANSWERING).exists():
+            return None
+        candidate = (
+            queued.filter(status=Question.Status.APPROVED)
+            .order_by("-priority", "position", "created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if candidate is None:
+            return None
+        return claim_question(candidate, worker)
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    prompt_text: str
+    voice: Voice
+
+
+def answer_settings(question: Question, default_voice: Voice) -> AnswerSettings:
+    """The prompt and voice this question is answered with: its own choices, else the stream's,
+    else the server's. Overrides are per question and never change shared defaults."""
+    stream = question.stream
+    if question.prompt_override:
+        prompt = question.prompt_override
+    elif question.prompt is not None:
+        prompt = question.prompt.text
+    elif stream.default_prompt is not None:
+        prompt = stream.default_prompt.text
+    else:
+        prompt = settings.LIVEQA_SYSTEM_PROMPT
+
+    preset = question.voice or stream.default_voice
+    voice = Voice(**preset.snapshot()) if preset is not None else default_voice  # type: ignore[arg-type]
+    override = question.voice_override or {}
+    if override.get("voice"):
+        named = VoicePreset.objects.filter(name=override["voice"]).first()
+        voice = Voice(**named.snapshot()) if named else voice.replace(name=override["voice"])  # type: ignore[arg-type]
+    if override.get("speed") is not None:
+        voice = voice.replace(speed=float(override["speed"]))
+    if override.get("format"):
+        voice = voice.replace(format=override["format"])
+    return AnswerSettings(prompt, voice)
+
+
+def start_answer(question: Question, chosen: AnswerSettings, model: str, *, held: bool = False) -> Answer:
+    voice = chosen.voice
+    return Answer.objects.create(
+        question=question,
+        status=Answer.Status.HELD if held else Answer.Status.SPEAKING,
+        prompt_text=chosen.prompt_text,
+        voice={
+            "engine": voice.engine,
+            "name": voice.name,
+            "speed": voice.speed,
+            "format": voice.format,
+            "language": voice.language,
+        },
+        model=model,
+    )
+
+
+def finish_answer(
+    answer_id: int,
+    *,
+    text: str,
+    timings: dict[str, Any],
+    error: str = "",
+    chunks: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    question_status: str | None = None,
+) -> None:
+    """Record how an answer ended, with its chunks and their audio, and settle the question."""
+    now = timezone.now()
+    with transaction.atomic():
+        answer = Answer.objects.select_for_update().get(pk=answer_id)
+        answer.text = text
+        answer.timings = timings
+        answer.error = error[:500]
+        answer.status = Answer.Status.FAILED if error else Answer.Status.DONE
+        answer.finished_at = now
+        answer.save()
+        AnswerChunk.objects.filter(answer=answer).delete()
+        AnswerChunk.objects.bulk_create(AnswerChunk(answer=answer, **chunk) for chunk in chunks)
+        status = question_status or (Question.Status.FAILED if error else Question.Status.ANSWERED)
+        # A question a moderator skipped meanwhile stays skipped.
+        Question.objects.filter(pk=answer.question_id, status=Question.Status.ANSWERING).update(
+            status=status, finished_at=now, heartbeat_at=None
+        )
+
+
+def fail_question(question_id: int, reason: str) -> None:
+    """Settle a question that never got an answer row (claimed, then the worker gave up)."""
+    Question.objects.filter(pk=question_id, status=Question.Status.ANSWERING).update(
+        status=Question.Status.FAILED, finished_at=timezone.now(), heartbeat_at=None
+    )
+    logger.warning("question %s failed before answering: %s", question_id, reason)
+
+
+def heartbeat(question_ids: list[int]) -> None:
+    if question_ids:
+        Question.objects.filter(pk__in=question_ids, status=Question.Status.ANSWERING).update(
+            heartbeat_at=timezone.now()
+        )
+
+
+def reap_stale_answers(stale_after: float) -> list[int]:
+    """Questions whose worker stopped beating: re-queued once (stream questions), else failed.
+    Returns the ids of the streams that have work again."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after)
+    stale = list(
+        Question.objects.filter(status=Question.Status.ANSWERING, heartbeat_at__lt=cutoff).values(
+            "pk", "attempts", "source", "stream_id"
+        )
+    )
+    kicked: set[int] = set()
+    for row in stale:
+        requeue = row["source"] != Question.Source.LIVE and row["attempts"] < 2
+        new_status = Question.Status.APPROVED if requeue else Question.Status.FAILED
+        with transaction.atomic():
+            changed = Question.objects.filter(
+                pk=row["pk"], status=Question.Status.ANSWERING, heartbeat_at__lt=cutoff
+            ).update(status=new_status, heartbeat_at=None, worker="")
+            if changed:
+                Answer.objects.filter(
+                    question_id=row["pk"], status__in=[Answer.Status.SPEAKING, Answer.Status.HELD]
+                ).update(status=Answer.Status.FAILED, error="worker_lost", finished_at=timezone.now())
+        if changed:
+            logger.warning("question %s lost its worker; now %s", row["pk"], new_status)
+            kicked.add(row["stream_id"])
+    return sorted(kicked)
+
+
+def question_dict(question: Question) -> dict[str, Any]:
+    return {
+        "id": question.pk,
+        "text": question.text,
+        "viewer_name": question.viewer_name,
+        "source": question.source,
+        "status": question.status,
+        "priority": question.priority,
+        "position": question.position,
+        "prompt_id": question.prompt_id,
+        "voice_id": question.voice_id,
+        "created_at": question.created_at.isoformat(),
+    }

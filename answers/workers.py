@@ -1,0 +1,298 @@
+"""Answer workers: take questions from the channel layer, run the pipeline, send events and audio back.
+
+Each worker runs `concurrency` slots; a slot takes a question from the shared worker channel only when
+it is free, so a busy worker leaves new questions to idle ones. Cancellations reach the worker on its own
+channel, named in the `answer.started` message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from contextlib import aclosing
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+
+from . import events, services
+from .models import Question
+from .pipeline.answer import (
+    AnswerDone,
+    AnswerFailed,
+    AnswerPipeline,
+    AnswerRequest,
+    AudioFrame,
+    ChunkFailed,
+    ChunkReady,
+)
+from .pipeline.audio import audio_duration
+from .pipeline.llm import LLMRequest
+
+logger = logging.getLogger(__name__)
+
+
+class AnswerWorker:
+    def __init__(
+        self,
+        pipeline: AnswerPipeline,
+        *,
+        channel_layer: BaseChannelLayer | None = None,
+        concurrency: int | None = None,
+        channel: str | None = None,
+        default_voice: Any = None,
+    ):
+        from .providers import default_voice as configured_voice
+
+        self.pipeline = pipeline
+        self.layer = channel_layer or get_channel_layer()
+        self.concurrency = concurrency or settings.LIVEQA_WORKER_CONCURRENCY
+        self.channel = channel or settings.LIVEQA_WORKER_CHANNEL
+        self.default_voice = default_voice or configured_voice()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.own_channel = ""
+        self.answering: dict[int, asyncio.Task[None]] = {}
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until cancelled; every task started here is owned and awaited here."""
+        self.own_channel = await self.layer.new_channel("liveqa-worker.")
+        self.name = f"{self.name}:{self.own_channel}"
+        logger.info("answer worker %s: %d slots on %r", self.name, self.concurrency, self.channel)
+        async with asyncio.TaskGroup() as tasks:
+            for slot in range(self.concurrency):
+                tasks.create_task(self._serve_slot(), name=f"answer-slot-{slot}")
+            tasks.create_task(self._serve_control(), name="answer-control")
+            tasks.create_task(self._keep_alive(), name="answer-heartbeat")
+            self.ready.set()
+
+    async def _receive(self, channel: str) -> dict[str, Any]:
+        """Receive, riding out a channel layer outage (Redis restarting) instead of crashing."""
+        delay = 0.2
+        while True:
+            try:
+                return await self.layer.receive(channel)
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                logger.warning("channel layer unavailable (%s); retrying in %.1fs", exc, delay)
+            except Exception as exc:
+                if exc.__class__.__module__.startswith("redis"):
+                    logger.warning("channel layer unavailable (%s); retrying in %.1fs", exc, delay)
+                else:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _serve_slot(self) -> None:
+        while True:
+            message = await self._receive(self.channel)
+            try:
+                if message.get("type") == events.QUESTION:
+                    question = await database_sync_to_async(services.claim_question)(
+                        int(message["question_id"]), self.name
+                    )
+                    if question is None:
+                        logger.info("question %s was already taken or withdrawn", message["question_id"])
+                        continue
+                    await self._answer(question, message.get("reply_channel") or None)
+                elif message.get("type") == events.STREAM_NEXT:
+                    await self._answer_stream_queue(int(message["stream_id"]))
+                else:
+                    logger.warning("worker ignored a message of type %r", message.get("type"))
+            except Exception:
+                logger.exception("worker failed to handle %s", message.get("type"))
+
+    async def _answer_stream_queue(self, stream_id: int) -> None:
+        while True:
+            question = await database_sync_to_async(services.claim_next_for_stream)(stream_id, self.name)
+            if question is None:
+                return
+            await self._answer(question, None)
+
+    async def _serve_control(self) -> None:
+        while True:
+            message = await self._receive(self.own_channel)
+            if message.get("type") == events.CANCEL:
+                task = self.answering.get(int(message["question_id"]))
+                if task is not None:
+                    task.cancel()
+
+    async def _keep_alive(self) -> None:
+        """Beat for the questions being answered; fail or re-queue those whose worker died."""
+        interval = max(settings.LIVEQA_ANSWER_STALE_AFTER / 3, 0.5)
+        while True:
+            try:
+                await database_sync_to_async(services.heartbeat)(list(self.answering))
+                for stream_id in await database_sync_to_async(services.reap_stale_answers)(
+                    settings.LIVEQA_ANSWER_STALE_AFTER
+                ):
+                    await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=stream_id))
+            except Exception:
+                logger.exception("heartbeat failed; will retry")
+            await asyncio.sleep(interval)
+
+    async def _answer(self, question: Question, reply_channel: str | None) -> None:
+        task = asyncio.create_task(self._run_answer(question, reply_channel), name=f"answer-{question.pk}")
+        self.answering[question.pk] = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():  # this slot itself is being cancelled
+                raise
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.answering.pop(question.pk, None)
+        if question.source != Question.Source.LIVE:
+            await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=question.stream_id))
+
+    async def _run_answer(self, question: Question, reply_channel: str | None) -> None:
+        stream = question.stream
+        live = question.source == Question.Source.LIVE
+        listeners = _Listeners(self.layer, reply_channel, None if live else stream.overlay_group)
+        dashboard = stream.dashboard_group
+        try:
+            chosen = await database_sync_to_async(services.answer_settings)(question, self.default_voice)
+            answer = await database_sync_to_async(services.start_answer)(
+                question, chosen, self.pipeline.llm.model
+            )
+        except Exception as exc:
+            logger.exception("could not start answering question %s", question.pk)
+            await database_sync_to_async(services.fail_question)(question.pk, str(exc))
+            await listeners.send(events.message(events.FAILED, answer_id=None, question_id=question.pk,
+                                                reason="internal_error", text="", timings={}))
+            return
+        ids = {"answer_id": answer.pk, "question_id": question.pk}
+        await listeners.send(events.message(events.STARTED, worker=self.own_channel, **ids), dashboard)
+
+        request = AnswerRequest(LLMRequest(question=question.text, system_prompt=chosen.prompt_text), chosen.voice)
+        record = _AnswerRecord()
+        final: dict[str, Any] | None = None
+        try:
+            async with aclosing(self.pipeline.run(request)) as answer_events:
+                async for event in answer_events:
+                    if isinstance(event, ChunkReady):
+                        record.chunk(event)
+                        await listeners.send(
+                            events.message(events.CHUNK, answer_id=answer.pk, seq=event.seq, text=event.caption),
+                            dashboard,
+                        )
+                    elif isinstance(event, AudioFrame):
+                        record.audio(event)
+                        for piece in events.audio_messages(
+                            answer.pk, event.seq, event.data, event.format, event.sample_rate, event.last
+                        ):
+                            await listeners.send(piece)
+                    elif isinstance(event, ChunkFailed):
+                        record.failed(event)
+                        await listeners.send(
+                            events.message(events.CHUNK_FAILED, answer_id=answer.pk, seq=event.seq,
+                                           text=event.text, error=event.error),
+                            dashboard,
+                        )
+                    elif isinstance(event, AnswerDone | AnswerFailed):
+                        final = self._finish_event(event, ids)
+        except asyncio.CancelledError:
+            final = events.message(events.FAILED, reason="cancelled", text="".join(record.captions()),
+                                   timings={}, **ids)
+            raise
+        finally:
+            assert final is not None or True
+            final = final or events.message(events.FAILED, reason="internal_error", text="", timings={}, **ids)
+            status = Question.Status.SKIPPED if final.get("reason") == "cancelled" and not live else None
+            # Recording and telling the listeners must happen even while this task is being cancelled.
+            await asyncio.shield(self._settle(answer.pk, final, record, status, listeners, dashboard))
+
+    @staticmethod
+    def _finish_event(event: AnswerDone | AnswerFailed, ids: dict[str, int]) -> dict[str, Any]:
+        if isinstance(event, AnswerDone):
+            return events.message(events.DONE, text=event.text, timings=event.timings.as_dict(), **ids)
+        return events.message(
+            events.FAILED, reason=event.reason, text=event.text, timings=event.timings.as_dict(), **ids
+        )
+
+    async def _settle(
+        self,
+        answer_id: int,
+        final: dict[str, Any],
+        record: _AnswerRecord,
+        status: str | None,
+        listeners: _Listeners,
+        dashboard: str,
+    ) -> None:
+        try:
+            await database_sync_to_async(services.finish_answer)(
+                answer_id,
+                text=final.get("text", ""),
+                timings=final.get("timings", {}),
+                error=final.get("reason", ""),
+                chunks=record.rows(),
+                question_status=status,
+            )
+        except Exception:
+            logger.exception("could not record answer %s", answer_id)
+        await listeners.send(final, dashboard)
+
+    async def _send(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            await self.layer.send(channel, message)
+        except Exception as exc:
+            logger.warning("could not send %s to %s: %s", message.get("type"), channel, exc)
+
+
+class _Listeners:
+    """Where an answer's messages go: the asking connection, the stream's overlays, its dashboards."""
+
+    def __init__(self, layer: BaseChannelLayer, reply_channel: str | None, overlay_group: str | None):
+        self.layer = layer
+        self.reply_channel = reply_channel
+        self.overlay_group = overlay_group
+
+    async def send(self, message: dict[str, Any], *extra_groups: str) -> None:
+        try:
+            if self.reply_channel:
+                await self.layer.send(self.reply_channel, message)
+            if self.overlay_group:
+                await self.layer.group_send(self.overlay_group, message)
+            for group in extra_groups:
+                if message.get("type") != events.AUDIO:
+                    await self.layer.group_send(group, message)
+        except Exception as exc:
+            # A listener that went away (or a full channel) must not stop the answer for the others.
+            logger.warning("could not deliver %s: %s", message.get("type"), exc)
+
+
+class _AnswerRecord:
+    """What was spoken, kept for the database: each chunk's text, audio, timings or failure."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[int, dict[str, Any]] = {}
+
+    def chunk(self, event: ChunkReady) -> None:
+        self.chunks[event.seq] = {
+            "seq": event.seq, "caption": event.caption, "speech": event.speech,
+            "error": "", "audio": bytearray(), "audio_format": "", "sample_rate": 0,
+        }  # fmt: skip
+
+    def audio(self, event: AudioFrame) -> None:
+        row = self.chunks[event.seq]
+        row["audio"] += event.data
+        row["audio_format"], row["sample_rate"] = event.format, event.sample_rate
+
+    def failed(self, event: ChunkFailed) -> None:
+        self.chunks[event.seq]["error"] = event.error[:500]
+
+    def captions(self) -> list[str]:
+        return [row["caption"] + " " for row in self.chunks.values()]
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for row in self.chunks.values():
+            audio = bytes(row["audio"])
+            duration = audio_duration(audio, row["audio_format"], row["sample_rate"]) if audio else None
+            rows.append({**row, "audio": audio, "duration": duration})
+        return rows

@@ -1,0 +1,1 @@
+"""LiveQA: answers livestream viewers' questions out loud."""

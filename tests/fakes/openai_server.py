@@ -1,0 +1,208 @@
+"""A paced fake OpenAI-compatible server on loopback: SSE chat tokens and a speech endpoint, with
+delays, streaming, out-of-order completion and failures on cue, so the real `openai` client runs.
+
+Run standalone (for subprocess tests and the benchmark):
+    python -m tests.fakes.openai_server --port 0 --script '{"tokens": [...], ...}'
+It prints `PORT <n>` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_ANSWER = "Hello there. This is a scripted answer, spoken in order. It has three sentences."
+
+
+def split_tokens(text: str) -> list[str]:
+    """Word-sized tokens with their leading space, like a real tokenizer's output."""
+    tokens: list[str] = []
+    for i, word in enumerate(text.split(" ")):
+        tokens.append(word if i == 0 else " " + word)
+    return tokens
+
+
+def fake_audio(text: str) -> bytes:
+    """Audio stand-in that names the text it speaks, so tests can check what was spoken, in order."""
+    return f"AUDIO[{text}]".encode()
+
+
+@dataclass
+class Script:
+    """What the fake server does. Times in seconds."""
+
+    tokens: list[str] = field(default_factory=lambda: split_tokens(DEFAULT_ANSWER))
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    # Failures of the chat endpoint: HTTP status for the first `fail_first` requests.
+    fail_status: int = 0
+    fail_first: int = 0
+    stall_after: int | None = None  # send this many tokens, then go silent
+    break_after: int | None = None  # send this many tokens, then cut the connection
+    # Speech endpoint.
+    tts_first_byte: float = 0.0
+    tts_per_char: float = 0.0
+    tts_pieces: int = 1  # >1: the body is streamed in this many pieces, paced over the synthesis time
+    tts_delays: dict[str, float] = field(default_factory=dict)  # extra delay when the text contains key
+    tts_fail_on: list[str] = field(default_factory=list)  # 500 when the text contains one of these
+    tts_audio_bytes: int = 0  # pad each chunk's audio to at least this many bytes
+
+
+class FakeOpenAI:
+    def __init__(self, script: Script | None = None):
+        self.script = script or Script()
+        self.chat_requests: list[dict[str, Any]] = []
+        self.speech_requests: list[dict[str, Any]] = []
+        self.speech_in_flight = 0
+        self.max_speech_in_flight = 0
+        self.open_streams = 0  # chat or speech responses currently being written
+        self.closed_early: list[str] = []  # responses whose client went away
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/audio/speech", self.speech)
+        app.router.add_post("/script", self.set_script)
+        return app
+
+    async def start(self, port: int = 0) -> FakeOpenAI:
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeOpenAI:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def set_script(self, request: web.Request) -> web.Response:
+        self.script = Script(**(await request.json()))
+        return web.json_response({"ok": True})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.chat_requests.append(body)
+        script = self.script
+        if script.fail_status and len(self.chat_requests) <= script.fail_first:
+            return web.json_response(
+                {"error": {"message": "scripted failure", "type": "server_error"}}, status=script.fail_status
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        self.open_streams += 1
+        try:
+            await asyncio.sleep(script.first_token_delay)
+            for i, token in enumerate(script.tokens):
+                if script.stall_after is not None and i == script.stall_after:
+                    await asyncio.sleep(3600)
+                if script.break_after is not None and i == script.break_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if i:
+                    await asyncio.sleep(script.token_delay)
+                await response.write(_sse(_delta(body, token)))
+            await response.write(_sse(_delta(body, None)) + b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.closed_early.append("chat")
+            raise
+        finally:
+            self.open_streams -= 1
+        return response
+
+    async def speech(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        text = body.get("input", "")
+        record = {"body": body, "start": time.monotonic(), "end": None}
+        self.speech_requests.append(record)
+        script = self.script
+        self.speech_in_flight += 1
+        self.max_speech_in_flight = max(self.max_speech_in_flight, self.speech_in_flight)
+        self.open_streams += 1
+        try:
+            extra = sum(delay for key, delay in script.tts_delays.items() if key in text)
+            await asyncio.sleep(script.tts_first_byte + extra)
+            if any(key in text for key in script.tts_fail_on):
+                return web.json_response({"error": {"message": "scripted TTS failure"}}, status=500)
+            audio = fake_audio(text)
+            if len(audio) < script.tts_audio_bytes:
+                audio += b"\0" * (script.tts_audio_bytes - len(audio))
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            await response.prepare(request)
+            pieces = max(1, script.tts_pieces)
+            size = -(-len(audio) // pieces)
+            pause = script.tts_per_char * len(text) / pieces
+            for start in range(0, len(audio), size):
+                if start:
+                    await asyncio.sleep(pause)
+                await response.write(audio[start : start + size])
+            if pieces == 1:
+                await asyncio.sleep(0)
+            await response.write_eof()
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.closed_early.append("speech")
+            raise
+        finally:
+            record["end"] = time.monotonic()
+            self.speech_in_flight -= 1
+            self.open_streams -= 1
+
+
+def _delta(body: dict[str, Any], token: str | None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": body.get("model", "fake"),
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"content": token} if token is not None else {},
+                "finish_reason": None if token is not None else "stop",
+            }
+        ],
+    }
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def _serve(port: int, script: Script) -> None:
+    server = await FakeOpenAI(script).start(port)
+    print(f"PORT {server.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--script", default="{}", help="JSON object of Script fields")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, Script(**json.loads(args.script))))
+
+
+if __name__ == "__main__":
+    main()
