@@ -32,7 +32,7 @@ class KeyRouteOriginValidator(OriginValidator):
         return super().valid_origin(parsed_origin)
 
 
-def SessionOriginValidator(application: Any) -> OriginValidator:  # noqa: N802 - mirrors channels' factory
+def SessionOriginValidator(application: Any) -> OriginValidator:
     """Cookie-authenticated routes: the Origin must be present and one of ALLOWED_HOSTS."""
     return OriginValidator(application, allowed_origins())
 

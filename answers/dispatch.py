@@ -7,6 +7,7 @@ default), the channel layer lives in memory, so the first dispatch starts a work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -40,6 +41,16 @@ async def ensure_embedded_worker() -> None:
     _embedded = loop.create_task(worker.run(), name="embedded-answer-worker")
     _embedded.add_done_callback(_report_exit)
     await worker.ready.wait()
+
+
+async def stop_embedded_worker() -> None:
+    """Cancel and await this process's worker (tests, and shutdown)."""
+    global _embedded
+    task, _embedded = _embedded, None
+    if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _report_exit(task: asyncio.Task[None]) -> None:

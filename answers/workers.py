@@ -201,9 +201,8 @@ class AnswerWorker:
                                    timings={}, **ids)
             raise
         finally:
-            assert final is not None or True
             final = final or events.message(events.FAILED, reason="internal_error", text="", timings={}, **ids)
-            status = Question.Status.SKIPPED if final.get("reason") == "cancelled" and not live else None
+            status = Question.Status.SKIPPED if final.get("reason") == "cancelled" else None
             # Recording and telling the listeners must happen even while this task is being cancelled.
             await asyncio.shield(self._settle(answer.pk, final, record, status, listeners, dashboard))
 
