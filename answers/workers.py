@@ -60,7 +60,9 @@ class AnswerWorker:
 
     async def run(self) -> None:
         """Serve until cancelled; every task started here is owned and awaited here."""
-        self.own_channel = await self.layer.new_channel("liveqa-worker.")
+        # The default prefix matters: channels-redis reads all of a process's own channels through one
+        # list, named after the prefix of the first of them.
+        self.own_channel = await self.layer.new_channel()
         self.name = f"{self.name}:{self.own_channel}"
         logger.info("answer worker %s: %d slots on %r", self.name, self.concurrency, self.channel)
         async with asyncio.TaskGroup() as tasks:

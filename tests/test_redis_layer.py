@@ -1,0 +1,94 @@
+"""The same conversation over the real Redis channel layer, with the worker as a separate party."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from answers import events
+from answers.workers import AnswerWorker
+from liveqa.asgi import application
+from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end
+from tests.fakes.openai_server import fake_audio
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def redis_layer(settings):
+    settings.REDIS_URL = settings.REDIS_URL_TEST
+    settings.LIVEQA_WORKER_CHANNEL = f"liveqa-answers-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [settings.REDIS_URL_TEST], "prefix": f"test-{uuid.uuid4().hex[:8]}"},
+        }
+    }
+    return get_channel_layer()
+
+
+@pytest.fixture
+async def redis_worker(redis_layer, make_pipeline):
+    worker = AnswerWorker(make_pipeline(), channel_layer=redis_layer, concurrency=2)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), TIMEOUT)
+    yield worker
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await redis_layer.flush()
+
+
+async def test_audio_messages_survive_msgpack_as_bytes_and_split_under_the_limit(redis_layer):
+    channel = await redis_layer.new_channel()
+    big = bytes(range(256)) * 2000  # 512 KB: more than one layer message
+    for message in events.audio_messages(1, 0, big, "mp3", 24000, last=True):
+        await redis_layer.send(channel, message)
+    received = [await asyncio.wait_for(redis_layer.receive(channel), TIMEOUT) for _ in range(2)]
+    assert all(isinstance(m["data"], bytes) and len(m["data"]) <= events.MAX_AUDIO_BYTES for m in received)
+    assert b"".join(m["data"] for m in received) == big
+    assert [m["last"] for m in received] == [False, True]
+
+
+async def test_question_is_answered_through_redis(redis_worker, fake_openai):
+    _, key = await database_sync_to_async(make_stream)()
+    listener = WebsocketCommunicator(application, f"/live/answer?key={key}")
+    assert (await listener.connect(TIMEOUT))[0]
+    try:
+        await listener.send_to(text_data=json.dumps({"type": "question", "question": "Hi?"}))
+        frames = await receive_until_end(listener)
+        texts = [request["body"]["input"] for request in fake_openai.speech_requests]
+        assert [f for f in frames if isinstance(f, bytes)] == [fake_audio(t) for t in texts]
+
+        await listener.send_to(text_data=json.dumps({"type": "hello", "protocol": 2}))
+        await listener.receive_from(TIMEOUT)
+        await listener.send_to(text_data=json.dumps({"type": "question", "question": "Again?"}))
+        frames = await receive_events_until(listener, "answer.done", "answer.failed")
+        assert frames[-1]["type"] == "answer.done"
+    finally:
+        await listener.disconnect()
+
+
+async def test_cancel_reaches_the_worker_through_redis(redis_worker, fake_openai):
+    fake_openai.script.token_delay = 0.2
+    _, key = await database_sync_to_async(make_stream)()
+    listener = WebsocketCommunicator(application, f"/live/answer?key={key}")
+    assert (await listener.connect(TIMEOUT))[0]
+    try:
+        await listener.send_to(text_data=json.dumps({"type": "hello", "protocol": 2}))
+        await listener.receive_from(TIMEOUT)
+        await listener.send_to(text_data=json.dumps({"type": "question", "question": "Long?"}))
+        await receive_events_until(listener, "answer.started")
+        await listener.send_to(text_data=json.dumps({"type": "cancel"}))
+        frames = await receive_events_until(listener, "answer.failed", "answer.done")
+        assert frames[-1]["reason"] == "cancelled"
+        assert not redis_worker.answering
+    finally:
+        await listener.disconnect()
