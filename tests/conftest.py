@@ -35,7 +35,7 @@ async def fake_openai():
 
 
 @pytest.fixture
-def make_pipeline(fake_openai):
+async def make_pipeline(fake_openai):
     """Build an AnswerPipeline on the real OpenAI-compatible engines, pointed at the fake server."""
     import openai
 
@@ -53,9 +53,14 @@ def make_pipeline(fake_openai):
         speech = SpeechRouter({"openai": OpenAISpeech(client, "fake-tts")})
         options.setdefault("answer_timeout", 10)
         options.setdefault("tts_timeout", 5)
-        return AnswerPipeline(llm, speech, **options)
+        built.append(AnswerPipeline(llm, speech, **options))
+        return built[-1]
 
-    return build
+    built: list[AnswerPipeline] = []
+    yield build
+    for pipeline in built:  # closed on this test's loop, not garbage-collected on a later one
+        await pipeline.llm.aclose()
+        await pipeline.speech.aclose()
 
 
 @pytest.fixture

@@ -1,0 +1,153 @@
+"""Faults seen by a listener of `/live/answer`: each ends the answer with an error and `##END##`
+within the configured timeouts, keeps what was said, and leaves the connection usable."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import OperationalError
+
+from answers import services
+from answers.models import Answer, Question
+from answers.pipeline.llm import LLMTimeouts
+from liveqa.asgi import application
+from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end
+from tests.fakes.openai_server import split_tokens
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TEXT = "First sentence is here. Second sentence follows it. Third one closes the answer."
+
+
+@pytest.fixture
+async def open_listener(make_pipeline, monkeypatch, fake_openai):
+    from answers import dispatch, providers
+
+    fake_openai.script.tokens = split_tokens(TEXT)
+    sockets = []
+
+    async def open_socket(**pipeline_options):
+        built = make_pipeline(**pipeline_options)
+        monkeypatch.setattr(providers, "pipeline", lambda: built)
+        _, key = await database_sync_to_async(make_stream)()
+        communicator = WebsocketCommunicator(application, f"/live/answer?key={key}")
+        assert (await communicator.connect(TIMEOUT))[0]
+        sockets.append(communicator)
+        return communicator
+
+    yield open_socket
+    for communicator in sockets:
+        await communicator.disconnect()
+    await dispatch.stop_embedded_worker()
+
+
+FAST = LLMTimeouts(connect=1, first_token=0.3, idle=0.3)
+
+
+@pytest.mark.parametrize(
+    ("script", "reason", "partial"),
+    [
+        ({"fail_status": 429, "fail_first": 99}, "rate_limited", ""),
+        ({"fail_status": 500, "fail_first": 99}, "server_error", ""),
+        ({"first_token_delay": 2.0}, "first_token_timeout", ""),
+        ({"stall_after": 5}, "idle_timeout", "First sentence is here. Second"),
+        ({"break_after": 5}, "stream_broken", "First sentence is here. Second"),
+    ],
+)
+async def test_llm_faults_end_the_answer_with_an_error_and_end(open_listener, fake_openai, script, reason, partial):
+    for name, value in script.items():
+        setattr(fake_openai.script, name, value)
+    listener = await open_listener(timeouts=FAST, retries=1)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Go?"}))
+    frames = await receive_until_end(listener)
+    errors = [f for f in frames if isinstance(f, str) and f.startswith("ERROR")]
+    assert errors == [f"ERROR {reason}: The answer could not be completed."]
+
+    answer = await Answer.objects.select_related("question").aget()
+    assert answer.status == Answer.Status.FAILED and answer.error == reason
+    assert answer.text == partial  # the partial text is kept
+    assert answer.question.status == Question.Status.FAILED
+    if partial:  # what had been generated was still spoken
+        assert [f for f in frames if isinstance(f, bytes)]
+
+    await listener.send_to(text_data=json.dumps({"type": "ping"}))
+    assert await listener.receive_from(TIMEOUT) == "pong"
+
+
+async def test_one_failed_chunk_is_skipped_and_reported_and_the_rest_plays(open_listener, fake_openai):
+    fake_openai.script.tts_fail_on = ["Second sentence"]
+    listener = await open_listener()
+    await listener.send_to(text_data=json.dumps({"type": "hello", "protocol": 2}))
+    await listener.receive_from(TIMEOUT)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Go?"}))
+    frames = await receive_events_until(listener, "answer.done", "answer.failed")
+    events = [f for f in frames if isinstance(f, dict)]
+    failed = [e for e in events if e["type"] == "answer.chunk_failed"]
+    assert len(failed) == 1 and "Second sentence" in failed[0]["text"] and failed[0]["error"]
+    audio = [f for f in frames if isinstance(f, bytes)]
+    assert any(b"First sentence" in a for a in audio) and any(b"Third one" in a for a in audio)
+    assert events[-1]["type"] == "answer.done"
+
+    answer = await Answer.objects.aget()
+    chunk = await answer.chunks.aget(seq=failed[0]["seq"])
+    assert chunk.error and not chunk.audio  # its failure is recorded
+
+
+async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(open_listener, monkeypatch):
+    listener = await open_listener()
+
+    def down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(services, "create_question", down)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Anyone?"}))
+    assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable:")
+    await listener.send_to(text_data=json.dumps({"type": "ping"}))
+    assert await listener.receive_from(TIMEOUT) == "pong"
+
+
+async def test_disconnect_mid_answer_leaves_no_task_and_no_traceback(open_listener, fake_openai, caplog):
+    import asyncio
+
+    fake_openai.script.token_delay = 0.1
+    listener = await open_listener()
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Go?"}))
+    await listener.receive_output(TIMEOUT)  # first audio
+    with caplog.at_level(logging.WARNING):
+        await listener.disconnect()
+        async with asyncio.timeout(2):
+            while fake_openai.open_streams or (await Question.objects.aget()).status == "answering":
+                await asyncio.sleep(0.01)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert not {n for n in names if n.startswith(("answer-", "answer-pipeline", "answer-tts"))} - {
+        n for n in names if n.startswith("answer-slot") or n in ("answer-control", "answer-heartbeat")
+    }
+
+
+def test_a_question_is_claimed_by_one_worker_only(db):
+    stream, _ = make_stream()
+    question = services.create_question(stream, "Once?", source=Question.Source.API, approved=True)
+    assert services.claim_question(question.pk, "worker-a") is not None
+    assert services.claim_question(question.pk, "worker-b") is None
+    question.refresh_from_db()
+    assert (question.status, question.worker, question.attempts) == ("answering", "worker-a", 1)
+
+
+def test_a_stale_answer_is_requeued_once_then_failed(db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stream, _ = make_stream()
+    question = services.create_question(stream, "Lost?", source=Question.Source.API, approved=True)
+    for expected in ("approved", "failed"):
+        assert services.claim_next_for_stream(stream.pk, "worker-a") is not None
+        Question.objects.filter(pk=question.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=60))
+        assert services.reap_stale_answers(stale_after=30) == [stream.pk]
+        question.refresh_from_db()
+        assert question.status == expected
