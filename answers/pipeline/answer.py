@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from dataclasses import asdict, dataclass, field
 
 from .chunker import Chunk, SpeechChunker
@@ -220,12 +220,14 @@ class _AnswerRun:
         chunker = self.pipeline.chunker_factory()
         failure = None
         try:
-            async for token in self.pipeline.llm.stream(self.request.llm):
-                if self.timings.first_token is None:
-                    self.timings.first_token = self.now()
-                self.text.append(token)
-                for chunk in chunker.feed(token):
-                    self.submit(chunk, tasks)
+            # aclosing: the provider stream is closed at once even when the loop body raises.
+            async with aclosing(self.pipeline.llm.stream(self.request.llm)) as tokens:
+                async for token in tokens:
+                    if self.timings.first_token is None:
+                        self.timings.first_token = self.now()
+                    self.text.append(token)
+                    for chunk in chunker.feed(token):
+                        self.submit(chunk, tasks)
         except LLMError as exc:
             logger.warning("LLM failed: %s", exc)
             failure = exc.reason

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import openai
 
 FORMATS = ("mp3", "wav", "pcm", "opus")
@@ -119,6 +120,9 @@ class OpenAISpeech(TTSEngine):
             raise TTSError(f"speech endpoint answered {exc.status_code}") from exc
         except openai.APIError as exc:
             raise TTSError(f"speech request failed: {exc.__class__.__name__}") from exc
+        except httpx.HTTPError as exc:
+            # The client wraps errors of the request, not of the streamed body read after it.
+            raise TTSError(f"speech stream broken: {exc.__class__.__name__}") from exc
 
     async def aclose(self) -> None:
         await self.client.close()

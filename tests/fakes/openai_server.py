@@ -51,6 +51,7 @@ class Script:
     tts_pieces: int = 1  # >1: the body is streamed in this many pieces, paced over the synthesis time
     tts_delays: dict[str, float] = field(default_factory=dict)  # extra delay when the text contains key
     tts_fail_on: list[str] = field(default_factory=list)  # 500 when the text contains one of these
+    tts_break_on: list[str] = field(default_factory=list)  # cut the connection after the first piece
     tts_audio_bytes: int = 0  # pad each chunk's audio to at least this many bytes
 
 
@@ -157,6 +158,10 @@ class FakeOpenAI:
                 if start:
                     await asyncio.sleep(pause)
                 await response.write(audio[start : start + size])
+                if any(key in text for key in script.tts_break_on):
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
             if pieces == 1:
                 await asyncio.sleep(0)
             await response.write_eof()
