@@ -19,8 +19,8 @@ pytestmark = pytest.mark.e2e
 LONG = " ".join(f"Sentence number {i} is spoken now." for i in range(12))
 
 
-async def ask(url: str, question: str, timeout: float = 20) -> list:
-    async with asyncio.timeout(timeout), websockets.connect(url) as socket:
+async def ask(url: str, question: str, limit: float = 20) -> list:
+    async with asyncio.timeout(limit), websockets.connect(url) as socket:
         await socket.send(json.dumps({"type": "question", "question": question}))
         frames = []
         while (frame := await socket.recv()) != "##END##":
@@ -88,7 +88,7 @@ async def test_liveqa_recovers_by_itself_when_redis_restarts(tmp_path):
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    frames = await ask(liveqa.answer_url, "After?", timeout=15)
+                    frames = await ask(liveqa.answer_url, "After?", limit=15)
                     if any(isinstance(f, bytes) for f in frames):
                         break
                 except (OSError, websockets.WebSocketException, TimeoutError):
