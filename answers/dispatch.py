@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from typing import Any
 
@@ -37,8 +38,10 @@ async def ensure_embedded_worker() -> None:
     from .workers import AnswerWorker
 
     worker = AnswerWorker(pipeline())
-    # The worker lives as long as the process: it is owned by this module, not by any connection.
-    _embedded = loop.create_task(worker.run(), name="embedded-answer-worker")
+    # The worker lives as long as the process: it is owned by this module, not by any connection. It
+    # starts from an empty context: a copy of the caller's would tie its database calls to the
+    # thread of whoever dispatched first (a sync view going through async_to_sync), which then ends.
+    _embedded = loop.create_task(worker.run(), name="embedded-answer-worker", context=contextvars.Context())
     _embedded.add_done_callback(_report_exit)
     await worker.ready.wait()
 
