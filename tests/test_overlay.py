@@ -1,0 +1,115 @@
+"""The streamer's overlay: its page and socket open with the stream key only, and it hears every
+answer spoken on the stream (and replays) as protocol-2 events with binary audio."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from answers import events
+from answers.models import Question
+from liveqa.asgi import application
+from tests.channels_helpers import TIMEOUT
+from tests.fakes.openai_server import fake_audio
+from tests.moderation_helpers import make_answer, make_stream_with_token, make_user, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_the_page_needs_the_streams_key(client):
+    stream, key, _ = make_stream_with_token()
+    _, other_key, _ = make_stream_with_token(name="Other")
+    assert client.get(f"/overlay/{stream.slug}/").status_code == 403
+    assert client.get(f"/overlay/{stream.slug}/", {"key": "wrong"}).status_code == 403
+    assert client.get(f"/overlay/{stream.slug}/", {"key": other_key}).status_code == 403
+    page = client.get(f"/overlay/{stream.slug}/", {"key": key})
+    assert page.status_code == 200 and b"answers/overlay.js" in page.content
+    assert page["Referrer-Policy"] == "no-referrer"
+
+
+async def frames_until(communicator: WebsocketCommunicator, *types: str) -> list[Any]:
+    frames: list[Any] = []
+    while True:
+        output = await communicator.receive_output(TIMEOUT)
+        assert output["type"] == "websocket.send", output
+        if output.get("bytes") is not None:
+            frames.append(output["bytes"])
+            continue
+
+        frames.append(json.loads(output["text"]))
+        if frames[-1]["type"] in types:
+            return frames
+
+
+async def test_the_socket_refuses_a_missing_wrong_or_other_streams_key():
+    stream, _, _ = await database_sync_to_async(make_stream_with_token)()
+    _, other_key, _ = await database_sync_to_async(make_stream_with_token)(name="Other")
+    for query in ("", "?key=wrong", f"?key={other_key}"):
+        communicator = WebsocketCommunicator(application, f"/ws/overlay/{stream.slug}/{query}")
+        connected, _ = await communicator.connect(TIMEOUT)
+        assert not connected
+        await communicator.disconnect()
+
+
+async def test_the_overlay_hears_an_approved_answer_with_its_audio_in_order(embedded_worker, fake_openai):
+    stream, key, _ = await database_sync_to_async(make_stream_with_token)()
+    overlay = WebsocketCommunicator(application, f"/ws/overlay/{stream.slug}/?key={key}")
+    assert (await overlay.connect(TIMEOUT))[0]
+    staff = await database_sync_to_async(lambda: session_cookie(make_user("boss", staff=True))[1])()
+    dashboard = WebsocketCommunicator(
+        application, f"/ws/dashboard/{stream.slug}/",
+        headers=[(b"origin", b"http://localhost"), (b"cookie", f"sessionid={staff}".encode())],
+    )  # fmt: skip
+    assert (await dashboard.connect(TIMEOUT))[0]
+    question = await Question.objects.acreate(stream=stream, text="What is pi?", source="ask")
+    await dashboard.send_json_to({"action": "approve", "id": question.pk})
+
+    frames = await frames_until(overlay, events.DONE, events.FAILED)
+    await dashboard.disconnect()
+    await overlay.disconnect()
+    assert frames[0]["type"] == events.STARTED and frames[-1]["type"] == events.DONE
+    chunks = [f for f in frames if isinstance(f, dict) and f["type"] == events.CHUNK]
+    audio = [f for f in frames if isinstance(f, bytes)]
+    assert audio == [fake_audio(c["text"]) for c in chunks]  # each chunk's audio, in seq order
+    for i, frame in enumerate(frames):
+        if isinstance(frame, bytes):
+            assert frames[i - 1]["type"] == events.AUDIO and frames[i - 1]["size"] == len(frame)
+
+
+async def test_a_replayed_answer_reaches_the_overlay_with_its_original_id(db):
+    stream, key, _ = await database_sync_to_async(make_stream_with_token)()
+    answer = await database_sync_to_async(make_answer)(stream, [("One.", b"A1", 1.0, ""), ("Two.", b"A2", 1.0, "")])
+    overlay = WebsocketCommunicator(application, f"/ws/overlay/{stream.slug}/?key={key}")
+    assert (await overlay.connect(TIMEOUT))[0]
+    staff = await database_sync_to_async(lambda: session_cookie(make_user("boss", staff=True))[1])()
+    dashboard = WebsocketCommunicator(
+        application, f"/ws/dashboard/{stream.slug}/",
+        headers=[(b"origin", b"http://localhost"), (b"cookie", f"sessionid={staff}".encode())],
+    )  # fmt: skip
+    assert (await dashboard.connect(TIMEOUT))[0]
+    await dashboard.send_json_to({"action": "replay", "answer_id": answer.pk})
+    frames = await frames_until(overlay, events.DONE)
+    await dashboard.disconnect()
+    await overlay.disconnect()
+    assert [f["type"] if isinstance(f, dict) else f for f in frames] == [
+        events.REPLAY, events.STARTED, events.CHUNK, events.AUDIO, b"A1", events.CHUNK, events.AUDIO, b"A2",
+        events.DONE,
+    ]  # fmt: skip
+    assert {f["answer_id"] for f in frames if isinstance(f, dict)} == {answer.pk}
+
+
+async def test_the_overlay_answers_ping_and_leaves_its_group_on_disconnect(db):
+    stream, key, _ = await database_sync_to_async(make_stream_with_token)()
+    overlay = WebsocketCommunicator(application, f"/ws/overlay/{stream.slug}/?key={key}")
+    assert (await overlay.connect(TIMEOUT))[0]
+    await overlay.send_json_to({"type": "ping"})
+    assert await overlay.receive_json_from(TIMEOUT) == {"type": "pong"}
+    layer = get_channel_layer()
+    assert layer.groups.get(stream.overlay_group)
+    await overlay.disconnect()
+    assert not layer.groups.get(stream.overlay_group)
