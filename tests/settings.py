@@ -10,7 +10,7 @@ os.environ.setdefault("LIVEQA_TTS_BACKEND", "openai")
 os.environ.setdefault("OPENAI_API_KEY", "test-key")
 os.environ.setdefault("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: tests pass their own
 
-from liveqa.settings import *  # noqa: E402,F403
+from liveqa.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 REDIS_URL_TEST = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/0")

@@ -26,7 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args, base_url, state, **options):
         path = Path(state)
         saved = json.loads(path.read_text()) if path.exists() else {}
-        User = get_user_model()  # noqa: N806
+        User = get_user_model()
 
         admin = User.objects.filter(username="admin").first()
         if admin is None or not admin.check_password(saved.get("password", "")):
