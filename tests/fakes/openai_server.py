@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
+import math
 import time
+import wave
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,20 @@ def split_tokens(text: str) -> list[str]:
 def fake_audio(text: str) -> bytes:
     """Audio stand-in that names the text it speaks, so tests can check what was spoken, in order."""
     return f"AUDIO[{text}]".encode()
+
+
+def wav_audio(seconds: float = 0.3, sample_rate: int = 24000, pitch: float = 440.0) -> bytes:
+    """A real, decodable 16-bit mono WAV (a quiet sine), for clients that decode what they receive."""
+    frames = bytearray()
+    for i in range(int(seconds * sample_rate)):
+        frames += int(8000 * math.sin(2 * math.pi * pitch * i / sample_rate)).to_bytes(2, "little", signed=True)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(bytes(frames))
+    return buffer.getvalue()
 
 
 @dataclass
@@ -53,6 +70,7 @@ class Script:
     tts_fail_on: list[str] = field(default_factory=list)  # 500 when the text contains one of these
     tts_break_on: list[str] = field(default_factory=list)  # cut the connection after the first piece
     tts_audio_bytes: int = 0  # pad each chunk's audio to at least this many bytes
+    tts_real_wav: bool = False  # answer with a real 0.3 s WAV instead of the text-naming stand-in
 
 
 class FakeOpenAI:
@@ -146,7 +164,7 @@ class FakeOpenAI:
             await asyncio.sleep(script.tts_first_byte + extra)
             if any(key in text for key in script.tts_fail_on):
                 return web.json_response({"error": {"message": "scripted TTS failure"}}, status=500)
-            audio = fake_audio(text)
+            audio = wav_audio() if script.tts_real_wav else fake_audio(text)
             if len(audio) < script.tts_audio_bytes:
                 audio += b"\0" * (script.tts_audio_bytes - len(audio))
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})

@@ -32,11 +32,12 @@ function button(label, action, fields, extra = {}) {
   return el("button", { type: "button", "data-action": action, onclick: () => send(action, fields), ...extra }, label);
 }
 
+const COUNTS = new Set(["characters", "chunks", "tokens", "chunks_failed"]);
 function timingText(timings) {
   if (!timings) return "";
   return Object.entries(timings)
     .filter(([, v]) => typeof v === "number")
-    .map(([k, v]) => `${k.replaceAll("_", " ")} ${v.toFixed(2)}s`)
+    .map(([k, v]) => `${k.replaceAll("_", " ")} ${COUNTS.has(k) ? v : `${v.toFixed(2)}s`}`)
     .join(" · ");
 }
 
