@@ -1,0 +1,429 @@
+"""The scenarios: what each starts, asks and measures, the physical limit it is compared with, and the
+targets it is held to. Every scenario starts fresh processes and stops them, also on error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import websockets
+
+from tests.fakes.openai_server import split_tokens
+
+from .client import MP3_BYTES_PER_SECOND, AnswerTrace, Overlay, ask, percentile
+from .fake import synthesis_seconds
+from .system import BenchLiveQA, NaiveServer, ProcessMeter
+
+ANSWER = (
+    "Redis keeps the whole channel layer in memory, so a message crosses it in well under a millisecond. "
+    "Each worker takes a question only when it has a free slot, which spreads the load evenly. "
+    "The answer is cut into short chunks as the tokens arrive, and every chunk is synthesized while the "
+    "next one is still being written. Audio is sent in order, piece by piece, as soon as it exists. "
+    "That is why the first words are heard long before the answer is finished. Nothing waits for the whole text."
+)
+SECONDS_PER_CHAR = 0.06  # the fake's speech rate: about 15 characters, 3 words, a second
+
+# A hosted LLM at ~50 tokens/s after 300 ms, and a streaming TTS answering in 150 ms at ~12× real time.
+STANDARD_SCRIPT: dict[str, Any] = {
+    "tokens": split_tokens(ANSWER),
+    "first_token_delay": 0.3,
+    "token_delay": 0.02,
+    "tts_first_byte": 0.15,
+    "tts_per_char": 0.005,
+    "tts_pieces": 4,
+    "tts_audio_bytes_per_char": round(SECONDS_PER_CHAR * MP3_BYTES_PER_SECOND),
+}
+# Synthesis barely faster than speech: first byte to last ≈ 0.9 × the audio's duration.
+SLOW_PIECES = 8
+SLOW_TTS_SCRIPT = {
+    **STANDARD_SCRIPT,
+    "tts_first_byte": 0.05,
+    "tts_pieces": SLOW_PIECES,
+    "tts_per_char": round(0.9 * SECONDS_PER_CHAR * SLOW_PIECES / (SLOW_PIECES - 1), 5),
+}
+SETTINGS = {
+    "LIVEQA_AUDIO_FORMAT": "mp3",
+    "LIVEQA_TTS_BACKEND": "openai",
+    "LIVEQA_LLM_BACKEND": "openai",
+    # Pings every 50 ms would trip the per-connection limit (30 messages in 10 s) within 1.5 s.
+    "LIVEQA_RATE_LIMIT_MESSAGES": "100000",
+}
+PING_EVERY = 0.05
+FIRST_AUDIO_SLACK_ONE, FIRST_AUDIO_SLACK_P95, TOTAL_SLACK = 0.025, 0.060, 0.050
+PING_P95_BOUND, FANOUT_ADDED_BOUND, AUDIBLE_STALL = 0.020, 0.050, 0.020
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool = False
+
+
+# --- Summaries ------------------------------------------------------------------------------------
+
+
+def summarize(traces: list[AnswerTrace], meter: dict[str, Any] | None) -> dict[str, Any]:
+    good = [t for t in traces if t.ok]
+    metrics = [t.metrics() for t in good]
+
+    def stat(key: str) -> dict[str, float]:
+        values = [m[key] for m in metrics]
+        if not values:
+            return {}
+        return {"median": statistics.median(values), "p95": percentile(values, 95), "max": max(values)}
+
+    pings = [p for t in good for p in t.pings]
+    return {
+        "answers": len(traces),
+        "failed": len(traces) - len(good),
+        "failures": sorted({t.end_event.get("reason", "no audio") for t in traces if not t.ok}),
+        **{key: stat(key) for key in ("first_audio", "total", "max_gap", "stall_total", "stall_max", "audio_seconds", "tail")},
+        "ping": {"n": len(pings), "median": statistics.median(pings), "p95": percentile(pings, 95)} if pings else {},
+        "processes": meter or {},
+    }
+
+
+def first_chunk_tokens(tokens: list[str], caption: str) -> int:
+    """How many tokens the LLM must write before `caption` (the first chunk) is complete."""
+    wanted, text = len(" ".join(caption.split())), ""
+    for count, token in enumerate(tokens, 1):
+        text += token
+        if len(" ".join(text.split())) >= wanted:
+            return count
+    return len(tokens)
+
+
+def limits(script: dict[str, Any], trace: AnswerTrace, tts_first_byte: float | None = None) -> dict[str, Any]:
+    """The physical limit of the first audio (LLM first token + the first chunk's tokens + TTS first byte)
+    and the bound on the total (LLM end + the last chunk's synthesis), for this script and these chunks."""
+    tokens = script["tokens"]
+    captions = [text for _, _, text in sorted(trace.chunks, key=lambda c: c[1])]
+    k = first_chunk_tokens(tokens, captions[0])
+    first_byte = script["tts_first_byte"] if tts_first_byte is None else tts_first_byte
+    llm_end = script["first_token_delay"] + (len(tokens) - 1) * script["token_delay"]
+    return {
+        "first_chunk": captions[0],
+        "first_chunk_tokens": k,
+        "first_audio": script["first_token_delay"] + (k - 1) * script["token_delay"] + first_byte,
+        "llm_end": llm_end,
+        "last_chunk_synthesis": synthesis_seconds(script, captions[-1]),
+        "total": llm_end + synthesis_seconds(script, captions[-1]),
+    }
+
+
+def target(name: str, value: float | None, bound: float) -> dict[str, Any]:
+    return {"name": name, "value": value, "bound": bound, "pass": value is not None and value <= bound}
+
+
+# --- Running ------------------------------------------------------------------------------------
+
+
+async def fetch_json(url: str, method: str = "GET") -> Any:
+    async with aiohttp.ClientSession() as session, session.request(method, url) as response:
+        return await response.json()
+
+
+async def post_script(fake_url: str, script: dict[str, Any]) -> None:
+    async with aiohttp.ClientSession() as session, session.post(f"{fake_url}/script", json=script) as response:
+        response.raise_for_status()
+
+
+async def measured(pids: dict[str, int], run: Callable[[], Awaitable[list[AnswerTrace]]]) -> tuple[list[AnswerTrace], dict]:
+    meter = ProcessMeter(pids).start()
+    traces = await run()
+    return traces, meter.stop()
+
+
+async def ask_many(url: str, count: int, label: str, *, pinging: int) -> list[AnswerTrace]:
+    """`count` questions at once, each on its own connection; the first `pinging` of them ping."""
+    return list(
+        await asyncio.gather(
+            *(ask(url, f"{label} question {i}?", ping_every=PING_EVERY if i < pinging else None) for i in range(count))
+        )
+    )
+
+
+async def ask_in_turn(url: str, count: int, label: str) -> list[AnswerTrace]:
+    return [await ask(url, f"{label} question {i}?", ping_every=PING_EVERY) for i in range(count)]
+
+
+async def with_naive(fake_url: str, log_dir: Any, run: Callable[[str], Awaitable[list[AnswerTrace]]]) -> dict[str, Any]:
+    naive = NaiveServer(fake_url, log_dir).start()
+    try:
+        await run(naive.answer_url)  # warm-up
+        traces, meter = await measured(naive.server_pids(), lambda: run(naive.answer_url))
+    finally:
+        naive.stop()
+    return summarize(traces, meter)
+
+
+async def scenario_one(options: Options) -> dict[str, Any]:
+    """One question at a time, asked over /live/answer while pinging every 50 ms."""
+    reps = 2 if options.quick else 10
+    with BenchLiveQA(workers=2, script=STANDARD_SCRIPT, settings=SETTINGS) as liveqa:
+        await ask_many(liveqa.answer_url, 2, "warm-up", pinging=0)
+        traces, meter = await measured(liveqa.server_pids(), lambda: ask_in_turn(liveqa.answer_url, reps, "one"))
+        # One more answer, alone in the fake's log, for the timeline.
+        await fetch_json(f"{liveqa.fake_url}/log/clear", "POST")
+        shown = await ask(liveqa.answer_url, "Timeline question?", ping_every=PING_EVERY)
+        fake_log = await fetch_json(f"{liveqa.fake_url}/log")
+        naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_in_turn(url, 1 if options.quick else 5, "naive"))
+    result = summarize(traces, meter)
+    limit = limits(STANDARD_SCRIPT, traces[0])
+    return {
+        "liveqa": result,
+        "naive": naive,
+        "limit": limit,
+        "targets": [
+            target("first audio, median ≤ limit + 25 ms", result["first_audio"].get("median"),
+                   limit["first_audio"] + FIRST_AUDIO_SLACK_ONE),
+            target("total, median ≤ LLM end + last chunk's TTS + 50 ms", result["total"].get("median"),
+                   limit["total"] + TOTAL_SLACK),
+            target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
+            target("no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"),
+                   AUDIBLE_STALL),
+        ],  # fmt: skip
+        "timeline": timeline_data(shown, fake_log),
+    }
+
+
+async def scenario_concurrent(options: Options) -> dict[str, Any]:
+    """50 listeners ask at the same moment; 10 of them ping every 50 ms. Three rounds."""
+    count, rounds = (10, 1) if options.quick else (50, 3)
+    settings = {**SETTINGS, "LIVEQA_WORKER_CONCURRENCY": "32"}  # 2 × 32 slots: all 50 answered at once
+    with BenchLiveQA(workers=2, script=STANDARD_SCRIPT, settings=settings) as liveqa:
+        await ask_many(liveqa.answer_url, 8, "warm-up", pinging=0)
+
+        async def run() -> list[AnswerTrace]:
+            traces = []
+            for r in range(rounds):
+                traces += await ask_many(liveqa.answer_url, count, f"round {r}", pinging=10)
+            return traces
+
+        traces, meter = await measured(liveqa.server_pids(), run)
+        naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_many(url, count, "naive", pinging=10))
+    result = summarize(traces, meter)
+    limit = limits(STANDARD_SCRIPT, next(t for t in traces if t.ok))
+    return {
+        "liveqa": result,
+        "naive": naive,
+        "limit": limit,
+        "config": {"questions": count, "rounds": rounds, "workers": 2, "worker_concurrency": 32},
+        "targets": [
+            target(f"first audio, p95 of {count} concurrent ≤ limit + 60 ms", result["first_audio"].get("p95"),
+                   limit["first_audio"] + FIRST_AUDIO_SLACK_P95),
+            target("ping during answers, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
+        ],  # fmt: skip
+    }
+
+
+async def scenario_fanout(options: Options) -> dict[str, Any]:
+    """One answer to a stream's overlay group, heard by 1 and then by 200 overlay sockets; a separate
+    /live/answer socket pings every 50 ms meanwhile."""
+    overlays_count, reps = (20, 2) if options.quick else (200, 5)
+    with BenchLiveQA(workers=2, script=STANDARD_SCRIPT, settings=SETTINGS) as liveqa:
+        stream = liveqa.add_auto_approving_stream()
+        base = f"127.0.0.1:{liveqa.web_port}"
+        overlay_url = f"ws://{base}/ws/overlay/{stream['slug']}/?key={stream['key']}"
+        api_url = f"http://{base}/api/streams/{stream['slug']}/questions"
+        missing = await fanout_missing(api_url, overlay_url)
+        if missing:
+            return {"available": False, "note": missing}
+        counter = iter(range(10_000))
+
+        async def post_question() -> float:
+            sent = time.monotonic()
+            body = {"question": f"Fan-out question {next(counter)}?", "viewer": "bench"}
+            headers = {"Authorization": f"Bearer {stream['bridge_token']}"}
+            async with aiohttp.ClientSession() as session, session.post(api_url, json=body, headers=headers) as r:
+                if r.status not in (200, 201):
+                    raise RuntimeError(f"bridge API answered {r.status}: {await r.text()}")
+            return sent
+
+        async def answer_to(overlays: list[Overlay]) -> list[AnswerTrace]:
+            sent: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            listening = [asyncio.ensure_future(o.listen(sent)) for o in overlays]
+            try:
+                sent.set_result(await post_question())
+                return list(await asyncio.gather(*listening))
+            finally:
+                for task in listening:
+                    task.cancel()
+
+        async def rounds(overlays: list[Overlay], count: int) -> list[AnswerTrace]:
+            return [trace for _ in range(count) for trace in await answer_to(overlays)]
+
+        overlays = [Overlay(overlay_url) for _ in range(overlays_count)]
+        try:
+            for batch in range(0, overlays_count, 50):
+                await asyncio.gather(*(o.connect() for o in overlays[batch : batch + 50]))
+            await rounds(overlays[:1], 2)  # warm-up
+            single = await rounds(overlays[:1], reps)
+            async with ping_probe(liveqa.answer_url) as pings:
+                fanned, meter = await measured(liveqa.server_pids(), lambda: rounds(overlays, reps))
+        finally:
+            await asyncio.gather(*(o.close() for o in overlays))
+    one, many = summarize(single, None), summarize(fanned, meter)
+    many["ping"] = {"n": len(pings), "median": statistics.median(pings), "p95": percentile(pings, 95)} if pings else {}
+    added = many["first_audio"].get("p95", float("inf")) - one["first_audio"].get("median", 0.0)
+    limit = limits(STANDARD_SCRIPT, next(t for t in single if t.ok))
+    return {
+        "available": True,
+        "liveqa_single_overlay": one,
+        "liveqa": many,
+        "limit": limit,
+        "fanout_added_p95": added,
+        "config": {"overlays": overlays_count, "answers": reps},
+        "targets": [
+            target(f"first audio to {overlays_count} overlays, p95 − median with 1 overlay ≤ 50 ms", added,
+                   FANOUT_ADDED_BOUND),
+            target("ping during the fan-out, p95 ≤ 20 ms", many["ping"].get("p95"), PING_P95_BOUND),
+        ],  # fmt: skip
+    }
+
+
+async def fanout_missing(api_url: str, overlay_url: str) -> str:
+    """Why the fan-out cannot be measured on this checkout, or "" when it can."""
+    async with aiohttp.ClientSession() as session, session.post(api_url, json={}) as response:
+        if response.status == 404 and "No such stream" not in await response.text():
+            return f"not available: POST {api_url.split('/', 3)[-1]} answers 404 (no bridge API in this checkout)"
+    try:
+        async with websockets.connect(overlay_url, open_timeout=10):
+            pass
+    except (websockets.InvalidStatus, websockets.InvalidHandshake) as exc:
+        return f"not available: the overlay socket was refused ({exc})"
+    return ""
+
+
+class ping_probe:  # noqa: N801 - used as a context manager, like contextlib's
+    """A /live/answer connection that pings every 50 ms while the block runs; the round trips land in
+    the list it yields."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.pings: list[float] = []
+
+    async def __aenter__(self) -> list[float]:
+        self.socket = await websockets.connect(self.url)
+        await self.socket.send(json.dumps({"type": "hello", "protocol": 2}))
+        await self.socket.recv()
+        self.task = asyncio.create_task(self._ping())
+        return self.pings
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(PING_EVERY)
+            sent = time.monotonic()
+            await self.socket.send('{"type": "ping"}')
+            await self.socket.recv()
+            self.pings.append(time.monotonic() - sent)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.socket.close()
+
+
+async def scenario_slow_tts(options: Options) -> dict[str, Any]:
+    """One question at a time; synthesis takes ≈ 0.9 × the duration of the audio it makes."""
+    reps = 1 if options.quick else 3
+    with BenchLiveQA(workers=2, script=SLOW_TTS_SCRIPT, settings=SETTINGS) as liveqa:
+        await ask_many(liveqa.answer_url, 2, "warm-up", pinging=0)
+        await fetch_json(f"{liveqa.fake_url}/log/clear", "POST")
+        traces, meter = await measured(liveqa.server_pids(), lambda: ask_in_turn(liveqa.answer_url, reps, "slow"))
+        fake_log = await fetch_json(f"{liveqa.fake_url}/log")
+        naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_in_turn(url, 1, "naive"))
+    ratios = [
+        (s["end"] - s["start"]) / (s["bytes"] / MP3_BYTES_PER_SECOND) for s in fake_log["speech"] if s.get("end")
+    ]
+    result = summarize(traces, meter)
+    return {
+        "liveqa": result,
+        "naive": naive,
+        "limit": limits(SLOW_TTS_SCRIPT, traces[0]),
+        "synthesis_to_audio": {"median": statistics.median(ratios), "max": max(ratios)} if ratios else {},
+        "targets": [],
+    }
+
+
+async def scenario_offline(options: Options) -> dict[str, Any]:
+    """The offline default's speech: Piper on the CPU (LIVEQA_TTS_BACKEND=local), the fake LLM, one
+    worker (as on one machine), one question at a time."""
+    try:
+        first_byte = await piper_first_byte(STANDARD_SCRIPT)
+    except Exception as exc:  # ImportError, a missing voice package, onnxruntime failing to load...
+        return {"available": False, "note": f"not available: Piper could not run here ({exc.__class__.__name__}: {exc})"}
+    reps = 2 if options.quick else 5
+    settings = {**SETTINGS, "LIVEQA_TTS_BACKEND": "local", "LIVEQA_TTS_VOICE": "en_US-joe-medium"}
+    with BenchLiveQA(workers=1, script=STANDARD_SCRIPT, settings=settings) as liveqa:
+        await ask_many(liveqa.answer_url, 1, "warm-up", pinging=0)
+        traces, meter = await measured(liveqa.server_pids(), lambda: ask_in_turn(liveqa.answer_url, reps, "offline"))
+    result = summarize(traces, meter)
+    limit = limits(STANDARD_SCRIPT, next(t for t in traces if t.ok), tts_first_byte=first_byte)
+    limit["total"] = limit["last_chunk_synthesis"] = None  # Piper's pace is not scripted
+    limit["piper_first_chunk_seconds"] = first_byte
+    return {"available": True, "liveqa": result, "limit": limit, "targets": [
+        target("first audio, median ≤ limit + 25 ms (limit with Piper's own time for the first chunk)",
+               result["first_audio"].get("median"), limit["first_audio"] + FIRST_AUDIO_SLACK_ONE),
+        target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
+        target("no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"),
+               AUDIBLE_STALL),
+    ]}  # fmt: skip
+
+
+async def piper_first_byte(script: dict[str, Any]) -> float:
+    """Piper's time to the first MP3 bytes of the script's first chunk, warm, alone: median of 3."""
+    from answers.pipeline.chunker import SpeechChunker
+    from answers.pipeline.local_tts import PiperSpeech
+    from answers.pipeline.tts import Voice
+
+    chunker = SpeechChunker()
+    chunks = [c for token in script["tokens"] for c in chunker.feed(token)] + chunker.flush()
+    engine = PiperSpeech()
+    voice = Voice(engine="piper", name="en_US-joe-medium", format="mp3")
+    try:
+        await engine.warm_up(voice)
+        times = []
+        for _ in range(4):
+            started = time.monotonic()
+            synthesis = engine.synthesize(chunks[0].speech, voice)
+            await anext(synthesis)
+            times.append(time.monotonic() - started)
+            await synthesis.aclose()
+        return statistics.median(times[1:])
+    finally:
+        await engine.aclose()
+
+
+def timeline_data(trace: AnswerTrace, fake_log: dict[str, Any]) -> dict[str, Any]:
+    """One answer's moments, in seconds since its question was sent."""
+    t0 = trace.sent
+
+    def rel(t: float) -> float:
+        return round(t - t0, 4)
+
+    return {
+        "llm_requests": [rel(chat["start"]) for chat in fake_log["chat"]],
+        "tokens": [rel(t) for chat in fake_log["chat"] for t in chat["tokens"]],
+        "chunks": [{"at": rel(at), "seq": seq, "text": text} for at, seq, text in trace.chunks],
+        "tts": [
+            {"start": rel(s["start"]), "pieces": [rel(p) for p in s["pieces"]], "end": rel(s["end"]), "text": s["text"]}
+            for s in fake_log["speech"] if s.get("end")
+        ],
+        "frames": [{"at": rel(f.at), "seq": f.seq, "seconds": f.seconds} for f in trace.frames],
+        "end": rel(trace.end or t0),
+    }
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[Options], Awaitable[dict[str, Any]]]]] = {
+    "one": ("One question", scenario_one),
+    "concurrent": ("50 concurrent questions", scenario_concurrent),
+    "fanout": ("One answer to 200 overlays", scenario_fanout),
+    "offline": ("Offline speech (Piper on the CPU)", scenario_offline),
+    "slow-tts": ("Slow TTS (synthesis ≈ 0.9 × speech)", scenario_slow_tts),
+}
