@@ -20,7 +20,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for package in ("Django", "channels", "channels-redis", "daphne", "websockets", "openai", "piper-tts", "onnxruntime"):
+    packages = ("Django", "channels", "channels-redis", "daphne", "websockets", "openai", "piper-tts", "onnxruntime")
+    for package in packages:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -111,9 +112,7 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
         if scenario.get("naive"):
             lines.append(_row("naive baseline", scenario["naive"]))
         limit = scenario["limit"]
-        lines.append(
-            f"| physical limit | | {_ms(limit['first_audio'])} | | {_ms(limit.get('total'))} | | | | | | | |"
-        )
+        lines.append(f"| physical limit | | {_ms(limit['first_audio'])} | | {_ms(limit.get('total'))} | | | | | | | |")
         lines.append("")
         notes = [f"First chunk: “{limit['first_chunk']}” ({limit['first_chunk_tokens']} tokens)."]
         if limit.get("total") is not None:
@@ -123,9 +122,10 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
         if "piper_first_chunk_seconds" in limit:
             notes.append(f"Piper alone takes {_ms(limit['piper_first_chunk_seconds'])} ms to the first chunk's MP3.")
         if ratio := scenario.get("synthesis_to_audio"):
-            notes.append(f"Measured synthesis time / audio duration: median {ratio['median']:.2f}, max {ratio['max']:.2f}.")
+            notes.append(f"Synthesis time / audio duration: median {ratio['median']:.2f}, max {ratio['max']:.2f}.")
         if "fanout_added_p95" in scenario:
-            notes.append(f"Fan-out adds {_ms(scenario['fanout_added_p95'])} ms (p95 with all overlays − median with one).")
+            added = _ms(scenario["fanout_added_p95"])
+            notes.append(f"Fan-out adds {added} ms (p95 with all overlays − median with one).")
         if config := scenario.get("config"):
             notes.append("Config: " + ", ".join(f"{k} {v}" for k, v in config.items()) + ".")
         lines += [" ".join(notes), ""]

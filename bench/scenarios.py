@@ -59,6 +59,9 @@ FIRST_AUDIO_SLACK_ONE, FIRST_AUDIO_SLACK_P95, TOTAL_SLACK = 0.025, 0.060, 0.050
 PING_P95_BOUND, FANOUT_ADDED_BOUND, AUDIBLE_STALL = 0.020, 0.050, 0.020
 
 
+METRICS = ("first_audio", "total", "max_gap", "stall_total", "stall_max", "audio_seconds", "tail")
+
+
 @dataclass(frozen=True)
 class Options:
     quick: bool = False
@@ -82,7 +85,7 @@ def summarize(traces: list[AnswerTrace], meter: dict[str, Any] | None) -> dict[s
         "answers": len(traces),
         "failed": len(traces) - len(good),
         "failures": sorted({t.end_event.get("reason", "no audio") for t in traces if not t.ok}),
-        **{key: stat(key) for key in ("first_audio", "total", "max_gap", "stall_total", "stall_max", "audio_seconds", "tail")},
+        **{key: stat(key) for key in METRICS},
         "ping": {"n": len(pings), "median": statistics.median(pings), "p95": percentile(pings, 95)} if pings else {},
         "processes": meter or {},
     }
@@ -133,7 +136,9 @@ async def post_script(fake_url: str, script: dict[str, Any]) -> None:
         response.raise_for_status()
 
 
-async def measured(pids: dict[str, int], run: Callable[[], Awaitable[list[AnswerTrace]]]) -> tuple[list[AnswerTrace], dict]:
+async def measured(
+    pids: dict[str, int], run: Callable[[], Awaitable[list[AnswerTrace]]]
+) -> tuple[list[AnswerTrace], dict[str, Any]]:
     meter = ProcessMeter(pids).start()
     traces = await run()
     return traces, meter.stop()
@@ -152,10 +157,13 @@ async def ask_in_turn(url: str, count: int, label: str) -> list[AnswerTrace]:
     return [await ask(url, f"{label} question {i}?", ping_every=PING_EVERY) for i in range(count)]
 
 
-async def with_naive(fake_url: str, log_dir: Any, run: Callable[[str], Awaitable[list[AnswerTrace]]]) -> dict[str, Any]:
+async def with_naive(
+    fake_url: str, log_dir: Any, run: Callable[[str], Awaitable[list[AnswerTrace]]], *, warm_up: bool = True
+) -> dict[str, Any]:
     naive = NaiveServer(fake_url, log_dir).start()
     try:
-        await run(naive.answer_url)  # warm-up
+        if warm_up:
+            await run(naive.answer_url)
         traces, meter = await measured(naive.server_pids(), lambda: run(naive.answer_url))
     finally:
         naive.stop()
@@ -172,7 +180,12 @@ async def scenario_one(options: Options) -> dict[str, Any]:
         await fetch_json(f"{liveqa.fake_url}/log/clear", "POST")
         shown = await ask(liveqa.answer_url, "Timeline question?", ping_every=PING_EVERY)
         fake_log = await fetch_json(f"{liveqa.fake_url}/log")
-        naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_in_turn(url, 1 if options.quick else 5, "naive"))
+        naive = await with_naive(
+            liveqa.fake_url,
+            liveqa.log_dir,
+            lambda url: ask_in_turn(url, 1 if options.quick else 5, "naive"),
+            warm_up=not options.quick,
+        )
     result = summarize(traces, meter)
     limit = limits(STANDARD_SCRIPT, traces[0])
     return {
@@ -180,14 +193,21 @@ async def scenario_one(options: Options) -> dict[str, Any]:
         "naive": naive,
         "limit": limit,
         "targets": [
-            target("first audio, median ≤ limit + 25 ms", result["first_audio"].get("median"),
-                   limit["first_audio"] + FIRST_AUDIO_SLACK_ONE),
-            target("total, median ≤ LLM end + last chunk's TTS + 50 ms", result["total"].get("median"),
-                   limit["total"] + TOTAL_SLACK),
+            target(
+                "first audio, median ≤ limit + 25 ms",
+                result["first_audio"].get("median"),
+                limit["first_audio"] + FIRST_AUDIO_SLACK_ONE,
+            ),
+            target(
+                "total, median ≤ LLM end + last chunk's TTS + 50 ms",
+                result["total"].get("median"),
+                limit["total"] + TOTAL_SLACK,
+            ),
             target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
-            target("no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"),
-                   AUDIBLE_STALL),
-        ],  # fmt: skip
+            target(
+                "no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"), AUDIBLE_STALL
+            ),
+        ],
         "timeline": timeline_data(shown, fake_log),
     }
 
@@ -215,10 +235,13 @@ async def scenario_concurrent(options: Options) -> dict[str, Any]:
         "limit": limit,
         "config": {"questions": count, "rounds": rounds, "workers": 2, "worker_concurrency": 32},
         "targets": [
-            target(f"first audio, p95 of {count} concurrent ≤ limit + 60 ms", result["first_audio"].get("p95"),
-                   limit["first_audio"] + FIRST_AUDIO_SLACK_P95),
+            target(
+                f"first audio, p95 of {count} concurrent ≤ limit + 60 ms",
+                result["first_audio"].get("p95"),
+                limit["first_audio"] + FIRST_AUDIO_SLACK_P95,
+            ),
             target("ping during answers, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -280,10 +303,13 @@ async def scenario_fanout(options: Options) -> dict[str, Any]:
         "fanout_added_p95": added,
         "config": {"overlays": overlays_count, "answers": reps},
         "targets": [
-            target(f"first audio to {overlays_count} overlays, p95 − median with 1 overlay ≤ 50 ms", added,
-                   FANOUT_ADDED_BOUND),
+            target(
+                f"first audio to {overlays_count} overlays, p95 − median with 1 overlay ≤ 50 ms",
+                added,
+                FANOUT_ADDED_BOUND,
+            ),
             target("ping during the fan-out, p95 ≤ 20 ms", many["ping"].get("p95"), PING_P95_BOUND),
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -300,7 +326,7 @@ async def fanout_missing(api_url: str, overlay_url: str) -> str:
     return ""
 
 
-class ping_probe:  # noqa: N801 - used as a context manager, like contextlib's
+class ping_probe:
     """A /live/answer connection that pings every 50 ms while the block runs; the round trips land in
     the list it yields."""
 
@@ -338,9 +364,7 @@ async def scenario_slow_tts(options: Options) -> dict[str, Any]:
         traces, meter = await measured(liveqa.server_pids(), lambda: ask_in_turn(liveqa.answer_url, reps, "slow"))
         fake_log = await fetch_json(f"{liveqa.fake_url}/log")
         naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_in_turn(url, 1, "naive"))
-    ratios = [
-        (s["end"] - s["start"]) / (s["bytes"] / MP3_BYTES_PER_SECOND) for s in fake_log["speech"] if s.get("end")
-    ]
+    ratios = [(s["end"] - s["start"]) / (s["bytes"] / MP3_BYTES_PER_SECOND) for s in fake_log["speech"] if s.get("end")]
     result = summarize(traces, meter)
     return {
         "liveqa": result,
@@ -357,7 +381,8 @@ async def scenario_offline(options: Options) -> dict[str, Any]:
     try:
         first_byte = await piper_first_byte(STANDARD_SCRIPT)
     except Exception as exc:  # ImportError, a missing voice package, onnxruntime failing to load...
-        return {"available": False, "note": f"not available: Piper could not run here ({exc.__class__.__name__}: {exc})"}
+        note = f"not available: Piper could not run here ({exc.__class__.__name__}: {exc})"
+        return {"available": False, "note": note}
     reps = 2 if options.quick else 5
     settings = {**SETTINGS, "LIVEQA_TTS_BACKEND": "local", "LIVEQA_TTS_VOICE": "en_US-joe-medium"}
     with BenchLiveQA(workers=1, script=STANDARD_SCRIPT, settings=settings) as liveqa:
@@ -367,13 +392,22 @@ async def scenario_offline(options: Options) -> dict[str, Any]:
     limit = limits(STANDARD_SCRIPT, next(t for t in traces if t.ok), tts_first_byte=first_byte)
     limit["total"] = limit["last_chunk_synthesis"] = None  # Piper's pace is not scripted
     limit["piper_first_chunk_seconds"] = first_byte
-    return {"available": True, "liveqa": result, "limit": limit, "targets": [
-        target("first audio, median ≤ limit + 25 ms (limit with Piper's own time for the first chunk)",
-               result["first_audio"].get("median"), limit["first_audio"] + FIRST_AUDIO_SLACK_ONE),
-        target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
-        target("no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"),
-               AUDIBLE_STALL),
-    ]}  # fmt: skip
+    return {
+        "available": True,
+        "liveqa": result,
+        "limit": limit,
+        "targets": [
+            target(
+                "first audio, median ≤ limit + 25 ms (limit with Piper's own time for the first chunk)",
+                result["first_audio"].get("median"),
+                limit["first_audio"] + FIRST_AUDIO_SLACK_ONE,
+            ),
+            target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
+            target(
+                "no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"), AUDIBLE_STALL
+            ),
+        ],
+    }
 
 
 async def piper_first_byte(script: dict[str, Any]) -> float:
@@ -413,7 +447,8 @@ def timeline_data(trace: AnswerTrace, fake_log: dict[str, Any]) -> dict[str, Any
         "chunks": [{"at": rel(at), "seq": seq, "text": text} for at, seq, text in trace.chunks],
         "tts": [
             {"start": rel(s["start"]), "pieces": [rel(p) for p in s["pieces"]], "end": rel(s["end"]), "text": s["text"]}
-            for s in fake_log["speech"] if s.get("end")
+            for s in fake_log["speech"]
+            if s.get("end")
         ],
         "frames": [{"at": rel(f.at), "seq": f.seq, "seconds": f.seconds} for f in trace.frames],
         "end": rel(trace.end or t0),

@@ -42,7 +42,8 @@ class NaiveServer:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self) -> NaiveServer:
-        self.port = _start_printing_port(self, "naive", [PYTHON, "-m", "bench.naive", "--base-url", self.fake_url + "/v1"])
+        command = [PYTHON, "-m", "bench.naive", "--base-url", f"{self.fake_url}/v1"]
+        self.port = _start_printing_port(self, "naive", command)
         return self
 
     @property
@@ -111,4 +112,3 @@ class ProcessMeter:
             except psutil.Error:
                 self.result[name] = {"cpu_seconds": float("nan"), "peak_rss_mb": float("nan")}
         return self.result
-

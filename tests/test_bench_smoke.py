@@ -1,0 +1,35 @@
+"""`python -m bench --quick` runs end to end and reports numbers (not that it meets its targets)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.processes import ROOT, base_env
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_benchmark_reports_first_audio_total_ping_and_process_figures(tmp_path):
+    results_path = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--scenario", "one", "--json", str(results_path),
+         "--out", str(tmp_path / "bench.md"), "--png", str(tmp_path / "timeline.png")],
+        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    one = json.loads(results_path.read_text())["scenarios"]["one"]
+    for system in ("liveqa", "naive"):
+        result = one[system]
+        assert result["answers"] > 0 and result["failed"] == 0
+        for key in ("first_audio", "total", "audio_seconds"):
+            assert result[key]["median"] > 0, (system, key)
+        assert all(p["peak_rss_mb"] > 0 and p["cpu_seconds"] >= 0 for p in result["processes"].values())
+    assert one["liveqa"]["ping"]["p95"] > 0
+    assert 0 < one["limit"]["first_audio"] < one["liveqa"]["first_audio"]["median"]
+    assert {t["name"] for t in one["targets"]} and all(isinstance(t["pass"], bool) for t in one["targets"])
+    assert "| LiveQA |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "timeline.png").read_bytes().startswith(b"\x89PNG")
