@@ -20,7 +20,10 @@ async def run(names: list[str], options: Options) -> dict[str, Any]:
         title, scenario = SCENARIOS[name]
         print(f"— {title} …", file=sys.stderr, flush=True)
         started = time.monotonic()
-        result = await scenario(options)
+        try:
+            result = await scenario(options)
+        except Exception as exc:  # one broken scenario must not lose the others' results
+            result = {"available": False, "note": f"failed: {exc.__class__.__name__}: {exc}"}
         result.update(title=title, seconds=round(time.monotonic() - started, 1))
         results["scenarios"][name] = result
         for t in result.get("targets", []):

@@ -126,6 +126,9 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
         if "fanout_added_p95" in scenario:
             added = _ms(scenario["fanout_added_p95"])
             notes.append(f"Fan-out adds {added} ms (p95 with all overlays − median with one).")
+        if delay := scenario["liveqa"].get("llm_request_delay"):
+            median, p95 = _ms(delay["median"]), _ms(delay["p95"])
+            notes.append(f"Question sent → LLM request at the fake: median {median} ms, p95 {p95} ms.")
         if config := scenario.get("config"):
             notes.append("Config: " + ", ".join(f"{k} {v}" for k, v in config.items()) + ".")
         lines += [" ".join(notes), ""]

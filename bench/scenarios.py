@@ -225,9 +225,19 @@ async def scenario_concurrent(options: Options) -> dict[str, Any]:
                 traces += await ask_many(liveqa.answer_url, count, f"round {r}", pinging=10)
             return traces
 
+        await fetch_json(f"{liveqa.fake_url}/log/clear", "POST")
         traces, meter = await measured(liveqa.server_pids(), run)
+        fake_log = await fetch_json(f"{liveqa.fake_url}/log")
         naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_many(url, count, "naive", pinging=10))
     result = summarize(traces, meter)
+    # When each LLM request reached the fake, after the first question of its round was sent.
+    round_starts = sorted(min(t.sent for t in traces[i : i + count]) for i in range(0, len(traces), count))
+    delays = [
+        chat["start"] - max(s for s in round_starts if s <= chat["start"])
+        for chat in fake_log["chat"]
+        if any(s <= chat["start"] for s in round_starts)
+    ]
+    result["llm_request_delay"] = {"median": statistics.median(delays), "p95": percentile(delays, 95)}
     limit = limits(STANDARD_SCRIPT, next(t for t in traces if t.ok))
     return {
         "liveqa": result,
@@ -261,7 +271,8 @@ async def scenario_fanout(options: Options) -> dict[str, Any]:
 
         async def post_question() -> float:
             sent = time.monotonic()
-            body = {"question": f"Fan-out question {next(counter)}?", "viewer": "bench"}
+            n = next(counter)  # a viewer per question: the bridge API limits each viewer's rate
+            body = {"question": f"Fan-out question {n}?", "viewer": f"bench viewer {n}"}
             headers = {"Authorization": f"Bearer {stream['bridge_token']}"}
             async with aiohttp.ClientSession() as session, session.post(api_url, json=body, headers=headers) as r:
                 if r.status not in (200, 201):
@@ -283,10 +294,12 @@ async def scenario_fanout(options: Options) -> dict[str, Any]:
 
         overlays = [Overlay(overlay_url) for _ in range(overlays_count)]
         try:
-            for batch in range(0, overlays_count, 50):
-                await asyncio.gather(*(o.connect() for o in overlays[batch : batch + 50]))
+            # The others join after the single-overlay answers, so they hold no unread earlier answers.
+            await overlays[0].connect()
             await rounds(overlays[:1], 2)  # warm-up
             single = await rounds(overlays[:1], reps)
+            for batch in range(1, overlays_count, 50):
+                await asyncio.gather(*(o.connect() for o in overlays[batch : batch + 50]))
             async with ping_probe(liveqa.answer_url) as pings:
                 fanned, meter = await measured(liveqa.server_pids(), lambda: rounds(overlays, reps))
         finally:
