@@ -8,7 +8,6 @@ channel, named in the `answer.started` message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -140,15 +139,15 @@ class AnswerWorker:
         task = asyncio.create_task(self._run_answer(question, reply_channel), name=f"answer-{question.pk}")
         self.answering[question.pk] = task
         try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():  # this slot itself is being cancelled
-                raise
+            # asyncio.wait, not `await task`: a cancelled answer must not look like a cancelled slot.
+            await asyncio.wait({task})
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.done():  # the slot itself is being stopped
+                task.cancel()
+                await asyncio.wait({task})
             self.answering.pop(question.pk, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("answer to question %s crashed", question.pk, exc_info=task.exception())
         if question.source != Question.Source.LIVE:
             await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=question.stream_id))
 
