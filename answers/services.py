@@ -124,6 +124,29 @@ def answer_settings(question: Question, default_voice: Voice) -> AnswerSettings:
     return AnswerSettings(prompt, voice)
 
 
+Begun = tuple[Answer, AnswerSettings]
+
+
+def begin_answer(question_id: int, worker: str, default_voice: Voice, model: str) -> Begun | None:
+    """Claim an approved question and open its answer in one round trip: this is on the path to the
+    first word."""
+    with transaction.atomic():
+        question = claim_question(question_id, worker)
+        return None if question is None else _open_answer(question, default_voice, model)
+
+
+def begin_next_answer(stream_id: int, worker: str, default_voice: Voice, model: str) -> Begun | None:
+    """The same for the stream's next approved question, if the stream is idle."""
+    with transaction.atomic():
+        question = claim_next_for_stream(stream_id, worker)
+        return None if question is None else _open_answer(question, default_voice, model)
+
+
+def _open_answer(question: Question, default_voice: Voice, model: str) -> Begun:
+    chosen = answer_settings(question, default_voice)
+    return start_answer(question, chosen, model), chosen
+
+
 def start_answer(question: Question, chosen: AnswerSettings, model: str, *, held: bool = False) -> Answer:
     voice = chosen.voice
     return Answer.objects.create(

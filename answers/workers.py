@@ -19,7 +19,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from . import events, services
-from .models import Question
+from .models import Answer, Question
 from .pipeline.answer import (
     AnswerDone,
     AnswerFailed,
@@ -92,13 +92,7 @@ class AnswerWorker:
             message = await self._receive(self.channel)
             try:
                 if message.get("type") == events.QUESTION:
-                    question = await database_sync_to_async(services.claim_question)(
-                        int(message["question_id"]), self.name
-                    )
-                    if question is None:
-                        logger.info("question %s was already taken or withdrawn", message["question_id"])
-                        continue
-                    await self._answer(question, message.get("reply_channel") or None)
+                    await self._answer_question(int(message["question_id"]), message.get("reply_channel") or None)
                 elif message.get("type") == events.STREAM_NEXT:
                     await self._answer_stream_queue(int(message["stream_id"]))
                 else:
@@ -106,12 +100,30 @@ class AnswerWorker:
             except Exception:
                 logger.exception("worker failed to handle %s", message.get("type"))
 
+    async def _answer_question(self, question_id: int, reply_channel: str | None) -> None:
+        model = self.pipeline.llm.model
+        try:
+            begun = await database_sync_to_async(services.begin_answer)(
+                question_id, self.name, self.default_voice, model
+            )
+        except Exception:
+            logger.exception("could not start answering question %s", question_id)
+            if reply_channel:
+                failed = events.message(events.FAILED, answer_id=None, question_id=question_id,
+                                        reason="unavailable", text="", timings={})  # fmt: skip
+                await self._send(reply_channel, failed)
+            return
+        if begun is None:
+            logger.info("question %s was already taken or withdrawn", question_id)
+            return
+        await self._answer(*begun, reply_channel)
+
     async def _answer_stream_queue(self, stream_id: int) -> None:
-        while True:
-            question = await database_sync_to_async(services.claim_next_for_stream)(stream_id, self.name)
-            if question is None:
-                return
-            await self._answer(question, None)
+        model = self.pipeline.llm.model
+        while begun := await database_sync_to_async(services.begin_next_answer)(
+            stream_id, self.name, self.default_voice, model
+        ):
+            await self._answer(*begun, None)
 
     async def _serve_control(self) -> None:
         while True:
@@ -135,8 +147,9 @@ class AnswerWorker:
                 logger.exception("heartbeat failed; will retry")
             await asyncio.sleep(interval)
 
-    async def _answer(self, question: Question, reply_channel: str | None) -> None:
-        task = asyncio.create_task(self._run_answer(question, reply_channel), name=f"answer-{question.pk}")
+    async def _answer(self, answer: Answer, chosen: services.AnswerSettings, reply_channel: str | None) -> None:
+        question = answer.question
+        task = asyncio.create_task(self._run_answer(answer, chosen, reply_channel), name=f"answer-{question.pk}")
         self.answering[question.pk] = task
         try:
             # asyncio.wait, not `await task`: a cancelled answer must not look like a cancelled slot.
@@ -151,22 +164,12 @@ class AnswerWorker:
         if question.source != Question.Source.LIVE:
             await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=question.stream_id))
 
-    async def _run_answer(self, question: Question, reply_channel: str | None) -> None:
+    async def _run_answer(self, answer: Answer, chosen: services.AnswerSettings, reply_channel: str | None) -> None:
+        question = answer.question
         stream = question.stream
         live = question.source == Question.Source.LIVE
         listeners = _Listeners(self.layer, reply_channel, None if live else stream.overlay_group)
         dashboard = stream.dashboard_group
-        try:
-            chosen = await database_sync_to_async(services.answer_settings)(question, self.default_voice)
-            answer = await database_sync_to_async(services.start_answer)(
-                question, chosen, self.pipeline.llm.model
-            )
-        except Exception as exc:
-            logger.exception("could not start answering question %s", question.pk)
-            await database_sync_to_async(services.fail_question)(question.pk, str(exc))
-            await listeners.send(events.message(events.FAILED, answer_id=None, question_id=question.pk,
-                                                reason="internal_error", text="", timings={}))
-            return
         ids = {"answer_id": answer.pk, "question_id": question.pk}
         await listeners.send(events.message(events.STARTED, worker=self.own_channel, **ids), dashboard)
 
@@ -224,24 +227,29 @@ class AnswerWorker:
         listeners: _Listeners,
         dashboard: str,
     ) -> None:
+        # Listeners hear the end first; recording it must not delay them.
+        await listeners.send(final, dashboard)
         try:
-            await database_sync_to_async(services.finish_answer)(
-                answer_id,
-                text=final.get("text", ""),
-                timings=final.get("timings", {}),
-                error=final.get("reason", ""),
-                chunks=record.rows(),
-                question_status=status,
-            )
+            await database_sync_to_async(_record_answer)(answer_id, final, record, status)
         except Exception:
             logger.exception("could not record answer %s", answer_id)
-        await listeners.send(final, dashboard)
 
     async def _send(self, channel: str, message: dict[str, Any]) -> None:
         try:
             await self.layer.send(channel, message)
         except Exception as exc:
             logger.warning("could not send %s to %s: %s", message.get("type"), channel, exc)
+
+
+def _record_answer(answer_id: int, final: dict[str, Any], record: _AnswerRecord, status: str | None) -> None:
+    services.finish_answer(
+        answer_id,
+        text=final.get("text", ""),
+        timings=final.get("timings", {}),
+        error=final.get("reason", ""),
+        chunks=record.rows(),  # here, off the event loop: it measures each chunk's audio
+        question_status=status,
+    )
 
 
 class _Listeners:

@@ -44,3 +44,17 @@ async def receive_events_until(communicator: WebsocketCommunicator, *types: str)
         frames.append(event)
         if event.get("type") in types:
             return frames
+
+
+async def settled(limit: float = TIMEOUT) -> None:
+    """Wait until every answer has been recorded: listeners hear the end before the database does."""
+    import asyncio
+
+    from answers.models import Answer, Question
+
+    async with asyncio.timeout(limit):
+        while (
+            await Question.objects.filter(status=Question.Status.ANSWERING).aexists()
+            or await Answer.objects.filter(status=Answer.Status.SPEAKING).aexists()
+        ):
+            await asyncio.sleep(0.01)

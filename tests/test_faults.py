@@ -15,7 +15,7 @@ from answers import services
 from answers.models import Answer, Question
 from answers.pipeline.llm import LLMTimeouts
 from liveqa.asgi import application
-from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end
+from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end, settled
 from tests.fakes.openai_server import split_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,6 +67,7 @@ async def test_llm_faults_end_the_answer_with_an_error_and_end(open_listener, fa
     errors = [f for f in frames if isinstance(f, str) and f.startswith("ERROR")]
     assert errors == [f"ERROR {reason}: The answer could not be completed."]
 
+    await settled()
     answer = await Answer.objects.select_related("question").aget()
     assert answer.status == Answer.Status.FAILED and answer.error == reason
     assert answer.text == partial  # the partial text is kept
@@ -92,6 +93,7 @@ async def test_one_failed_chunk_is_skipped_and_reported_and_the_rest_plays(open_
     assert any(b"First sentence" in a for a in audio) and any(b"Third one" in a for a in audio)
     assert events[-1]["type"] == "answer.done"
 
+    await settled()
     answer = await Answer.objects.aget()
     chunk = await answer.chunks.aget(seq=failed[0]["seq"])
     assert chunk.error and not chunk.audio  # its failure is recorded

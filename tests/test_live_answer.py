@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 
 from answers.models import Answer, Question
 from liveqa.asgi import application
-from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end
+from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end, settled
 from tests.fakes.openai_server import fake_audio, split_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,6 +47,7 @@ async def test_question_is_answered_with_ordered_audio_frames_then_end(listener,
     assert " ".join(texts).split() == ANSWER.split()  # every word, also the unpunctuated last one
     assert frames[-1] == "##END##"
 
+    await settled()
     question = await Question.objects.aget()
     assert (question.source, question.status) == (Question.Source.LIVE, Question.Status.ANSWERED)
     answer = await Answer.objects.aget(question=question)
@@ -92,6 +93,7 @@ async def test_a_second_question_waits_for_the_first_answer(listener, fake_opena
     assert spoken(first) and spoken(second)
     asked = [request["messages"][-1]["content"] for request in fake_openai.chat_requests]
     assert asked == ["First?", "Second?"]
+    await settled()
     statuses = [q.status async for q in Question.objects.order_by("created_at")]
     assert statuses == [Question.Status.ANSWERED, Question.Status.ANSWERED]
 
@@ -105,6 +107,7 @@ async def test_cancel_stops_the_answer_and_ends_it(listener, fake_openai):
     await listener.send_to(text_data=json.dumps({"type": "cancel"}))
     frames = await receive_events_until(listener, "answer.failed", "answer.done")
     assert frames[-1]["type"] == "answer.failed" and frames[-1]["reason"] == "cancelled"
+    await settled()
     question = await Question.objects.aget()
     assert question.status == Question.Status.SKIPPED
     # The connection stays usable.

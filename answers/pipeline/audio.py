@@ -126,7 +126,10 @@ def _mp3_duration(data: bytes) -> float | None:
         ):
             if frames:
                 break  # trailing tag or garbage
-            position += 1  # still looking for the first frame
+            # Still looking for the first frame: jump to the next possible sync byte.
+            position = data.find(b"\xff", position + 1)
+            if position < 0:
+                break
             continue
         version = 1 if version_bits == 3 else 2
         sample_rate = _MP3_SAMPLE_RATES[version_bits][rate_index]
