@@ -53,6 +53,17 @@ class ListenerConsumer(AsyncWebsocketConsumer):
 
     protocol_version = 1
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Answer messages are numbered by their worker: deliver them in that order."""
+        if "n" not in message or message.get("answer_id") is None:
+            await super().dispatch(message)
+            return
+        sequencer = self.sequencers.setdefault(message["answer_id"], events.Sequencer())
+        for ready in sequencer.push(message):
+            if events.Sequencer.ends(ready):
+                self.sequencers.pop(message["answer_id"], None)
+            await super().dispatch(ready)
+
     async def send_json(self, payload: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(payload))
 
@@ -106,6 +117,7 @@ class ListenerConsumer(AsyncWebsocketConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.chunk_audio = bytearray()
+        self.sequencers: dict[int, events.Sequencer] = {}
         await super().websocket_connect(message)
 
 

@@ -13,20 +13,55 @@ from typing import Any
 QUESTION = "answer.question"  # {question_id, reply_channel}
 STREAM_NEXT = "stream.next"  # {stream_id}: answer the stream's next approved question, if it is idle
 CANCEL = "answer.cancel"  # {question_id}
+SPEAK = "answer.speak"  # {answer_id}: speak a held answer's text, as a moderator approved it
 
 # Listener-bound.
-STARTED = "answer.started"  # {answer_id, question_id, worker}
+STARTED = "answer.started"  # {answer_id, question_id, worker[, review]}: review: text only, to be held
 CHUNK = "answer.chunk"  # {answer_id, seq, text}
 AUDIO = "answer.audio"  # {answer_id, seq, format, sample_rate, last, data}
 CHUNK_FAILED = "answer.chunk_failed"  # {answer_id, seq, text, error}
 DONE = "answer.done"  # {answer_id, question_id, timings}
 FAILED = "answer.failed"  # {answer_id, question_id, reason, text, timings}
 QUESTION_UPDATED = "question.updated"  # {question}: dashboards refresh that row
-HELD = "answer.held"  # {answer_id, question_id, text}: waiting for a moderator's review
+HELD = "answer.held"  # {answer_id, question_id, text, timings}: waiting for a moderator's review
 REPLAY = "answer.replay"  # {answer_id}: the overlay is about to replay a stored answer
 
 # Layer messages stay well under channels-redis' 1 MB limit.
 MAX_AUDIO_BYTES = 256 * 1024
+
+
+class Sequencer:
+    """Puts one answer's messages back in the order they were sent.
+
+    The worker numbers every message of an answer (`n`). channels-redis does not promise order when
+    listeners come and go (a cancelled receive puts its message back behind later ones), and a
+    chunk's audio must never be glued to the next chunk's. A gap that never fills (a message the
+    layer dropped) is given up on once `patience` later messages are waiting, or at the answer's end.
+    """
+
+    def __init__(self, patience: int = 64):
+        self.expected = 0
+        self.waiting: dict[int, dict[str, Any]] = {}
+        self.patience = patience
+
+    def push(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        n = message["n"]
+        if n < self.expected:
+            return []  # already delivered or given up on
+        self.waiting[n] = message
+        ready = []
+        while self.expected in self.waiting:
+            ready.append(self.waiting.pop(self.expected))
+            self.expected += 1
+        if self.waiting and (len(self.waiting) > self.patience or message["type"] in (DONE, FAILED)):
+            for key in sorted(self.waiting):
+                ready.append(self.waiting.pop(key))
+            self.expected = max(self.expected, key + 1)
+        return ready
+
+    @staticmethod
+    def ends(message: dict[str, Any]) -> bool:
+        return message["type"] in (DONE, FAILED)
 
 
 def message(type_: str, **fields: Any) -> dict[str, Any]:
@@ -54,7 +89,7 @@ def audio_messages(
 
 def client_event(layer_message: dict[str, Any]) -> dict[str, Any]:
     """The JSON a protocol-2 client receives for a listener-bound layer message (audio bytes aside)."""
-    event = {k: v for k, v in layer_message.items() if k != "data"}
+    event = {k: v for k, v in layer_message.items() if k not in ("data", "n")}
     if layer_message["type"] == AUDIO:
         event["size"] = len(layer_message["data"])
     return event

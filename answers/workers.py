@@ -2,7 +2,8 @@
 
 Each worker runs `concurrency` slots; a slot takes a question from the shared worker channel only when
 it is free, so a busy worker leaves new questions to idle ones. Cancellations reach the worker on its own
-channel, named in the `answer.started` message.
+channel, named in the `answer.started` message. On streams that hold answers for review, a stream question's
+text is written and held; a moderator's `answer.speak` has it spoken later, by any worker.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .pipeline.answer import (
     ChunkReady,
 )
 from .pipeline.audio import audio_duration
-from .pipeline.llm import LLMRequest
+from .pipeline.llm import FixedTextLLM, LLMRequest
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class AnswerWorker:
                     await self._answer_question(int(message["question_id"]), message.get("reply_channel") or None)
                 elif message.get("type") == events.STREAM_NEXT:
                     await self._answer_stream_queue(int(message["stream_id"]))
+                elif message.get("type") == events.SPEAK:
+                    await self._speak_held_answer(int(message["answer_id"]))
                 else:
                     logger.warning("worker ignored a message of type %r", message.get("type"))
             except Exception:
@@ -125,6 +128,14 @@ class AnswerWorker:
         ):
             await self._answer(*begun, None)
 
+    async def _speak_held_answer(self, answer_id: int) -> None:
+        begun = await database_sync_to_async(services.begin_held_answer)(answer_id, self.name)
+        if begun is None:
+            logger.info("answer %s is no longer held", answer_id)
+            return
+        answer, chosen = begun
+        await self._answer(answer, chosen, None, self.pipeline.with_llm(FixedTextLLM(answer.text, answer.model)))
+
     async def _serve_control(self) -> None:
         while True:
             message = await self._receive(self.own_channel)
@@ -147,9 +158,19 @@ class AnswerWorker:
                 logger.exception("heartbeat failed; will retry")
             await asyncio.sleep(interval)
 
-    async def _answer(self, answer: Answer, chosen: services.AnswerSettings, reply_channel: str | None) -> None:
+    async def _answer(
+        self,
+        answer: Answer,
+        chosen: services.AnswerSettings,
+        reply_channel: str | None,
+        pipeline: AnswerPipeline | None = None,
+    ) -> None:
         question = answer.question
-        task = asyncio.create_task(self._run_answer(answer, chosen, reply_channel), name=f"answer-{question.pk}")
+        if answer.status == Answer.Status.HELD:
+            work = self._write_for_review(answer, chosen)
+        else:
+            work = self._run_answer(answer, chosen, reply_channel, pipeline or self.pipeline)
+        task = asyncio.create_task(work, name=f"answer-{question.pk}")
         self.answering[question.pk] = task
         try:
             # asyncio.wait, not `await task`: a cancelled answer must not look like a cancelled slot.
@@ -164,7 +185,9 @@ class AnswerWorker:
         if question.source != Question.Source.LIVE:
             await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=question.stream_id))
 
-    async def _run_answer(self, answer: Answer, chosen: services.AnswerSettings, reply_channel: str | None) -> None:
+    async def _run_answer(
+        self, answer: Answer, chosen: services.AnswerSettings, reply_channel: str | None, pipeline: AnswerPipeline
+    ) -> None:
         question = answer.question
         stream = question.stream
         live = question.source == Question.Source.LIVE
@@ -177,7 +200,7 @@ class AnswerWorker:
         record = _AnswerRecord()
         final: dict[str, Any] | None = None
         try:
-            async with aclosing(self.pipeline.run(request)) as answer_events:
+            async with aclosing(pipeline.run(request)) as answer_events:
                 async for event in answer_events:
                     if isinstance(event, ChunkReady):
                         record.chunk(event)
@@ -209,6 +232,50 @@ class AnswerWorker:
             status = Question.Status.SKIPPED if final.get("reason") == "cancelled" else None
             # Recording and telling the listeners must happen even while this task is being cancelled.
             await asyncio.shield(self._settle(answer.pk, final, record, status, listeners, dashboard))
+
+    async def _write_for_review(self, answer: Answer, chosen: services.AnswerSettings) -> None:
+        """Write the answer's text and hold it for the stream's moderators; nothing is spoken yet, so
+        only the dashboards hear of it."""
+        question = answer.question
+        dashboard = question.stream.dashboard_group
+        listeners = _Listeners(self.layer, None, None)
+        ids = {"answer_id": answer.pk, "question_id": question.pk}
+        await listeners.send(events.message(events.STARTED, worker=self.own_channel, review=True, **ids), dashboard)
+
+        final: dict[str, Any] | None = None
+        try:
+            written = await self.pipeline.write(LLMRequest(question=question.text, system_prompt=chosen.prompt_text))
+            if isinstance(written, AnswerDone) and written.text.strip():
+                final = events.message(events.HELD, text=written.text, timings=written.timings.as_dict(), **ids)
+            elif isinstance(written, AnswerDone):
+                final = events.message(events.FAILED, reason="empty_answer", text="",
+                                       timings=written.timings.as_dict(), **ids)  # fmt: skip
+            else:
+                final = self._finish_event(written, ids)
+        except asyncio.CancelledError:
+            final = events.message(events.FAILED, reason="cancelled", text="", timings={}, **ids)
+            raise
+        finally:
+            final = final or events.message(events.FAILED, reason="internal_error", text="", timings={}, **ids)
+            await asyncio.shield(self._settle_review(answer.pk, final, listeners, dashboard))
+
+    async def _settle_review(
+        self, answer_id: int, final: dict[str, Any], listeners: _Listeners, dashboard: str
+    ) -> None:
+        if final["type"] != events.HELD:
+            status = Question.Status.SKIPPED if final.get("reason") == "cancelled" else None
+            await self._settle(answer_id, final, _AnswerRecord(), status, listeners, dashboard)
+            return
+        # Recorded first: a moderator may act on the event at once, and the action needs the held row.
+        try:
+            held = await database_sync_to_async(services.hold_answer)(
+                answer_id, text=final["text"], timings=final["timings"]
+            )
+        except Exception:
+            logger.exception("could not hold answer %s", answer_id)
+            held = False
+        if held:
+            await listeners.send(final, dashboard)
 
     @staticmethod
     def _finish_event(event: AnswerDone | AnswerFailed, ids: dict[str, int]) -> dict[str, Any]:
@@ -259,8 +326,12 @@ class _Listeners:
         self.layer = layer
         self.reply_channel = reply_channel
         self.overlay_group = overlay_group
+        self.sent = 0
 
     async def send(self, message: dict[str, Any], *extra_groups: str) -> None:
+        # Numbered so that listeners can restore the order (events.Sequencer).
+        message = {**message, "n": self.sent}
+        self.sent += 1
         try:
             if self.reply_channel:
                 await self.layer.send(self.reply_channel, message)

@@ -94,3 +94,21 @@ async def test_cancel_reaches_the_worker_through_redis(redis_worker, fake_openai
                 await asyncio.sleep(0.01)
     finally:
         await listener.disconnect()
+
+
+def test_the_sequencer_restores_the_order_an_answer_was_sent_in():
+    sent = [events.message(events.AUDIO, answer_id=1, n=n, seq=n // 2, last=n % 2 == 1) for n in range(6)]
+    sent.append(events.message(events.DONE, answer_id=1, n=6))
+    sequencer = events.Sequencer()
+    delivered = []
+    for n in (1, 0, 3, 2, 2, 5, 4, 6):  # swapped pairs and a duplicate
+        delivered += sequencer.push(sent[n])
+    assert [m["n"] for m in delivered] == list(range(7))
+
+
+def test_the_sequencer_gives_up_on_a_lost_message_at_the_end_of_the_answer():
+    sequencer = events.Sequencer()
+    assert sequencer.push(events.message(events.CHUNK, answer_id=1, n=0)) != []
+    assert sequencer.push(events.message(events.CHUNK, answer_id=1, n=2)) == []  # n=1 was dropped
+    done = sequencer.push(events.message(events.DONE, answer_id=1, n=3))
+    assert [m["n"] for m in done] == [2, 3]
