@@ -78,13 +78,12 @@ class AnswerWorker:
         while True:
             try:
                 return await self.layer.receive(channel)
-            except (OSError, ConnectionError, TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:
                 logger.warning("channel layer unavailable (%s); retrying in %.1fs", exc, delay)
             except Exception as exc:
-                if exc.__class__.__module__.startswith("redis"):
-                    logger.warning("channel layer unavailable (%s); retrying in %.1fs", exc, delay)
-                else:
+                if not exc.__class__.__module__.startswith("redis"):
                     raise
+                logger.warning("channel layer unavailable (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

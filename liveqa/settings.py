@@ -89,25 +89,33 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Worker threads write while the web process reads: wait for the lock instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Worker threads write while the web process reads: wait for the lock instead of failing. IMMEDIATE:
+    # a deferred transaction that reads, then writes, fails at once if another writer got in between.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=20, transaction_mode="IMMEDIATE")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [REDIS_URL],
-                # Audio bursts: a listener's channel may hold a whole answer for a moment.
-                "capacity": env_int("LIVEQA_CHANNEL_CAPACITY", 2000),
-                "expiry": 60,
-                "group_expiry": 86400,
-            },
-        }
+
+
+def redis_channel_layer(url: str, **config: object) -> dict[str, object]:
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # channels-redis blocks 5 s per receive (BZPOPMIN); redis-py's default socket timeout is also
+            # 5 s, and a reply that loses that race is a message lost. Keep the socket's timeout longer.
+            "hosts": [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}],
+            # Audio bursts: a listener's channel may hold a whole answer for a moment.
+            "capacity": env_int("LIVEQA_CHANNEL_CAPACITY", 2000),
+            "expiry": 60,
+            "group_expiry": 86400,
+            **config,
+        },
     }
+
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL)}
 else:
     # Embedded default: web and worker share one process (see answers/embedded.py).
     CHANNEL_LAYERS = {

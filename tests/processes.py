@@ -19,6 +19,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+PG_ADMIN = os.environ.get("DATABASE_URL_PG", "postgres://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -59,6 +60,8 @@ class LiveQA:
     script: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
     redis_url: str = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/0")
+    # "sqlite" (a temporary file) or "postgres" (a temporary database on DATABASE_URL_PG's server).
+    database: str = os.environ.get("LIVEQA_TEST_DATABASE", "sqlite")
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -68,7 +71,7 @@ class LiveQA:
         self.fake_port = self._start_fake()
         self.web_port = free_port()
         self.env = base_env(
-            DATABASE_URL=self.settings.get("DATABASE_URL", f"sqlite:///{self.tmp / 'db.sqlite3'}"),
+            DATABASE_URL=self.settings.get("DATABASE_URL") or self._database_url(),
             REDIS_URL=self.redis_url,
             OPENAI_API_KEY="fake-key",
             OPENAI_BASE_URL=f"http://127.0.0.1:{self.fake_port}/v1",
@@ -87,6 +90,16 @@ class LiveQA:
             self.start_worker(i)
         wait_for_port(self.web_port)
         return self
+
+    def _database_url(self) -> str:
+        if self.database == "sqlite":
+            return f"sqlite:///{self.tmp / 'db.sqlite3'}"
+        import psycopg
+
+        self.pg_name = f"liveqa_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.pg_name}"')
+        return PG_ADMIN.rsplit("/", 1)[0] + "/" + self.pg_name
 
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:
         process = self._spawn(f"worker{index}", [PYTHON, "manage.py", "answerworker"])
@@ -148,6 +161,12 @@ class LiveQA:
                 process.kill()
                 process.wait(5)
         self.processes.clear()
+        if getattr(self, "pg_name", None):
+            import psycopg
+
+            with psycopg.connect(PG_ADMIN.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            self.pg_name = None
 
     def __enter__(self) -> LiveQA:
         try:

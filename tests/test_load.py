@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import time
-import uuid
 
 import psutil
 import pytest
@@ -28,19 +27,14 @@ PG = os.environ.get("DATABASE_URL_PG", "postgres://postgres@127.0.0.1:5432/test"
 
 @pytest.fixture
 def postgres_database():
-    """A database of its own on the local PostgreSQL (production's database under load)."""
+    """Production's database under load: a temporary database on the local PostgreSQL."""
     import psycopg
 
-    name = f"liveqa_load_{uuid.uuid4().hex[:8]}"
-    admin_url = PG.replace("postgres://", "postgresql://", 1)
     try:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        psycopg.connect(PG.replace("postgres://", "postgresql://", 1), connect_timeout=3).close()
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL not reachable: {exc}")
-    yield PG.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return "postgres"
 
 
 def rss_mb(liveqa: LiveQA) -> dict[str, float]:
@@ -76,8 +70,8 @@ def record(name: str, result: dict) -> None:
 
 async def test_200_connections_and_50_simultaneous_questions(postgres_database):
     script = {"tokens": split_tokens(ANSWER), "token_delay": 0.01, "tts_first_byte": 0.05}
-    settings = {"DATABASE_URL": postgres_database, "LIVEQA_WORKER_CONCURRENCY": "25"}
-    with LiveQA(workers=2, script=script, settings=settings) as liveqa:
+    settings = {"LIVEQA_WORKER_CONCURRENCY": "25"}
+    with LiveQA(workers=2, script=script, settings=settings, database=postgres_database) as liveqa:
         idle = [await websockets.connect(liveqa.answer_url) for _ in range(150)]
         try:
             started = time.monotonic()
@@ -102,7 +96,7 @@ async def test_200_connections_and_50_simultaneous_questions(postgres_database):
 async def test_five_minute_soak_keeps_memory_stable(postgres_database):
     duration = float(os.environ.get("LIVEQA_SOAK_SECONDS", "300"))
     script = {"tokens": split_tokens(ANSWER), "token_delay": 0.005, "tts_first_byte": 0.02}
-    with LiveQA(workers=2, script=script, settings={"DATABASE_URL": postgres_database}) as liveqa:
+    with LiveQA(workers=2, script=script, database=postgres_database) as liveqa:
         async def client(i: int) -> int:
             done = 0
             while time.monotonic() < deadline:
