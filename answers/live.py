@@ -134,12 +134,14 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         await self.broadcast(await self.db(moderation.set_voice, content.get("id"), content.get("voice_id")))
 
     async def do_skip(self, content: dict[str, Any]) -> None:
-        """A queued question is withdrawn; the one being spoken is stopped by its worker, which then
-        reports answer.failed (reason "cancelled") and marks the question skipped."""
+        """A queued question is withdrawn (a held answer discarded); the one being spoken is stopped by its
+        worker, which then reports answer.failed (reason "cancelled") and marks the question skipped."""
         question_id = content.get("id")
         status = await self.db(_status, question_id)
         if status != Question.Status.ANSWERING:
             await self.broadcast(await self.db(moderation.skip, question_id))
+            if status == Question.Status.HELD:
+                await dispatch.kick_stream(self.stream.pk)
             return
         worker = self.workers.get(int(question_id)) or await self.db(moderation.current_worker, question_id)
         if not worker:
@@ -160,6 +162,16 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
             events.message(events.REPLAY, answer_id=answer.pk, question_id=answer.question_id),
         )
 
+    async def do_speak(self, content: dict[str, Any]) -> None:
+        """Speak a held answer: its text as written, or as the moderator edited it (`text`)."""
+        answer = await self.db(moderation.review, content.get("answer_id"), content.get("text"))
+        await self.broadcast(await self.db(moderation.stream_question, answer.question_id))
+        await dispatch.to_workers(events.message(events.SPEAK, answer_id=answer.pk))
+
+    async def do_discard(self, content: dict[str, Any]) -> None:
+        await self.broadcast(await self.db(moderation.discard, content.get("answer_id")))
+        await dispatch.kick_stream(self.stream.pk)
+
     async def do_search(self, content: dict[str, Any]) -> None:
         query = content.get("query")
         if not isinstance(query, str):
@@ -178,6 +190,8 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         "skip": do_skip,
         "again": do_again,
         "replay": do_replay,
+        "speak": do_speak,
+        "discard": do_discard,
         "search": do_search,
     }
 
@@ -194,7 +208,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         await self.forward(message)
         await self.refresh(message.get("question_id"))
 
-    answer_chunk = answer_chunk_failed = answer_held = answer_replay = forward
+    answer_chunk = answer_chunk_failed = answer_replay = forward
 
     async def answer_audio(self, message: dict[str, Any]) -> None:
         pass  # dashboards show captions; audio is the overlay's
@@ -205,7 +219,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
             self.workers.pop(message.get("question_id"), None)
             await self.refresh(message.get("question_id"))
 
-    answer_failed = answer_done
+    answer_failed = answer_held = answer_done
 
     async def refresh(self, question_id: Any) -> None:
         """Send this dashboard the question's new state (each dashboard hears the worker itself)."""

@@ -143,6 +143,7 @@ class Question(models.Model):
         PENDING = "pending"
         APPROVED = "approved"
         ANSWERING = "answering"
+        HELD = "held", "Held for review"  # its answer's text waits for a moderator; no worker owns it
         ANSWERED = "answered"
         FAILED = "failed"
         REJECTED = "rejected"

@@ -61,10 +61,18 @@ def queue(stream: Stream) -> list[Question]:
 
 
 def snapshot(stream: Stream) -> dict[str, Any]:
-    current = stream.questions.filter(status=Question.Status.ANSWERING).exclude(source=Question.Source.LIVE)
+    current = stream.questions.filter(status__in=(Question.Status.ANSWERING, Question.Status.HELD)).exclude(
+        source=Question.Source.LIVE
+    )
     history = stream.questions.filter(status__in=HISTORY).order_by("-finished_at", "-created_at")
     return {
-        "stream": {"id": stream.pk, "slug": stream.slug, "name": stream.name, "auto_approve": stream.auto_approve},
+        "stream": {
+            "id": stream.pk,
+            "slug": stream.slug,
+            "name": stream.name,
+            "auto_approve": stream.auto_approve,
+            "hold_answers_for_review": stream.hold_answers_for_review,
+        },
         "queue": [question_row(q) for q in queue(stream)],
         "current": [question_row(q) for q in current],
         "history": [question_row(q) for q in history[:HISTORY_LENGTH]],
@@ -112,8 +120,50 @@ def reject(stream: Stream, question_id: Any) -> Question:
 
 
 def skip(stream: Stream, question_id: Any) -> Question:
-    """Withdraw a queued question (the one being spoken is stopped through its worker instead)."""
+    """Withdraw a queued question, or discard a held answer (the one being spoken is stopped through its
+    worker instead)."""
+    question = stream_question(stream, question_id)
+    if question.status == Question.Status.HELD:
+        held = question.answers.filter(status=Answer.Status.HELD).first()
+        if held is not None:
+            return discard(stream, held.pk)
     return _change_status(stream, question_id, Question.Status.SKIPPED, QUEUED)
+
+
+def _held_answer(stream: Stream, answer_id: Any) -> Answer:
+    answer = stream_answer(stream, answer_id)
+    if answer.status != Answer.Status.HELD:
+        raise ModerationError("conflict", f"That answer is {answer.status}, not waiting for review.")
+    return answer
+
+
+def review(stream: Stream, answer_id: Any, text: Any = None) -> Answer:
+    """Approve a held answer for speaking, with the moderator's edit of its text if there is one.
+    Speaking it is the worker's (answer.speak), which claims it only while it is still held."""
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        raise ModerationError("empty", "The answer text cannot be empty.")
+    answer = _held_answer(stream, answer_id)
+    if text is not None and text.strip() != answer.text:
+        # Conditional: a worker that already took the answer speaks the text it read.
+        if not Answer.objects.filter(pk=answer.pk, status=Answer.Status.HELD).update(text=text.strip()):
+            raise ModerationError("conflict", "That answer is already being spoken.")
+        answer.text = text.strip()
+    return answer
+
+
+def discard(stream: Stream, answer_id: Any) -> Question:
+    """Drop a held answer unspoken; its question counts as skipped and the queue moves on."""
+    answer = _held_answer(stream, answer_id)
+    now = timezone.now()
+    with transaction.atomic():
+        if not Answer.objects.filter(pk=answer.pk, status=Answer.Status.HELD).update(
+            status=Answer.Status.FAILED, error="discarded", finished_at=now
+        ):
+            raise ModerationError("conflict", "That answer is already being spoken.")
+        Question.objects.filter(pk=answer.question_id, status=Question.Status.HELD).update(
+            status=Question.Status.SKIPPED, finished_at=now, updated_at=now
+        )
+    return Question.objects.get(pk=answer.question_id)
 
 
 def _queued(stream: Stream, question_id: Any) -> Question:

@@ -79,7 +79,8 @@ def claim_next_for_stream(stream_id: int, worker: str) -> Question | None:
     with transaction.atomic():
         Stream.objects.select_for_update().filter(pk=stream_id).first()
         queued = Question.objects.filter(stream_id=stream_id).exclude(source=Question.Source.LIVE)
-        if queued.filter(status=Question.Status.ANSWERING).exists():
+        # An answer held for review keeps its place: the queue waits for the moderator.
+        if queued.filter(status__in=(Question.Status.ANSWERING, Question.Status.HELD)).exists():
             return None
         candidate = (
             queued.filter(status=Question.Status.APPROVED)
@@ -144,7 +145,13 @@ def begin_next_answer(stream_id: int, worker: str, default_voice: Voice, model: 
 
 def _open_answer(question: Question, default_voice: Voice, model: str) -> Begun:
     chosen = answer_settings(question, default_voice)
-    return start_answer(question, chosen, model), chosen
+    return start_answer(question, chosen, model, held=held_for_review(question)), chosen
+
+
+def held_for_review(question: Question) -> bool:
+    """Whether a moderator reviews this answer's text before it is spoken: the stream asks for it, and
+    the question came through the stream's queue (/live/answer answers its asker directly)."""
+    return question.stream.hold_answers_for_review and question.source != Question.Source.LIVE
 
 
 def start_answer(question: Question, chosen: AnswerSettings, model: str, *, held: bool = False) -> Answer:
@@ -164,6 +171,36 @@ def start_answer(question: Question, chosen: AnswerSettings, model: str, *, held
     )
 
 
+def hold_answer(answer_id: int, *, text: str, timings: dict[str, Any]) -> bool:
+    """Keep a written answer for a moderator's review. Its question leaves `answering`, so the reaper
+    leaves it alone while nobody works on it. False if the question was taken away meanwhile."""
+    with transaction.atomic():
+        held = Question.objects.filter(
+            answers=answer_id, answers__status=Answer.Status.HELD, status=Question.Status.ANSWERING
+        ).update(status=Question.Status.HELD, heartbeat_at=None)
+        if held:
+            Answer.objects.filter(pk=answer_id).update(text=text, timings={"generation": timings})
+        return bool(held)
+
+
+def begin_held_answer(answer_id: int, worker: str) -> Begun | None:
+    """Claim a reviewed answer for speaking, with the text, prompt and voice it was held with. None if
+    it is no longer held (already spoken, discarded, or reaped)."""
+    with transaction.atomic():
+        # Claimed first, so a moderator's later edit (conditional on `held`) cannot slip in unread.
+        if not Answer.objects.filter(pk=answer_id, status=Answer.Status.HELD).update(status=Answer.Status.SPEAKING):
+            return None
+        answer = Answer.objects.select_related("question__stream").get(pk=answer_id)
+        claimed = Question.objects.filter(pk=answer.question_id, status=Question.Status.HELD).update(
+            status=Question.Status.ANSWERING, worker=worker, heartbeat_at=timezone.now()
+        )
+        if not claimed:
+            transaction.set_rollback(True)
+            return None
+        answer.question.status = Question.Status.ANSWERING
+        return answer, AnswerSettings(answer.prompt_text, Voice(**answer.voice))
+
+
 def finish_answer(
     answer_id: int,
     *,
@@ -178,7 +215,7 @@ def finish_answer(
     with transaction.atomic():
         answer = Answer.objects.select_for_update().get(pk=answer_id)
         answer.text = text
-        answer.timings = timings
+        answer.timings = {**answer.timings, **timings}  # a reviewed answer keeps how it was written
         answer.error = error[:500]
         answer.status = Answer.Status.FAILED if error else Answer.Status.DONE
         answer.finished_at = now

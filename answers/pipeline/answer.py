@@ -153,6 +153,40 @@ class AnswerPipeline:
         self.chunker_factory = chunker_factory
         self.clock = clock
 
+    def with_llm(self, llm: LLM) -> AnswerPipeline:
+        """The same speech and limits around another LLM (a FixedTextLLM speaks reviewed text)."""
+        return AnswerPipeline(
+            llm, self.speech, concurrency=self.concurrency, answer_timeout=self.answer_timeout,
+            tts_timeout=self.tts_timeout, chunker_factory=self.chunker_factory, clock=self.clock,
+        )  # fmt: skip
+
+    async def write(self, request: LLMRequest) -> AnswerDone | AnswerFailed:
+        """The answer's text only, nothing spoken: for answers a moderator reviews before they are."""
+        started = self.clock()
+        timings = Timings()
+        text: list[str] = []
+        failure = None
+        try:
+            async with asyncio.timeout(self.answer_timeout), aclosing(self.llm.stream(request)) as tokens:
+                async for token in tokens:
+                    if timings.first_token is None:
+                        timings.first_token = self.clock() - started
+                    text.append(token)
+        except TimeoutError:
+            failure = "answer_timeout"
+        except LLMError as exc:
+            logger.warning("LLM failed: %s", exc)
+            failure = exc.reason
+        except Exception:
+            logger.exception("writing an answer crashed")
+            failure = "internal_error"
+        timings.llm_done = timings.total = self.clock() - started
+        written = "".join(text)
+        timings.characters = len(written)
+        if failure is not None:
+            return AnswerFailed(failure, written, timings)
+        return AnswerDone(written, timings)
+
     async def run(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         """Yield the answer's events; the last one is always AnswerDone or AnswerFailed.
 

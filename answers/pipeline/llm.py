@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -60,6 +61,20 @@ class LLM(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients and models."""
+
+
+class FixedTextLLM(LLM):
+    """Text already written (an answer a moderator reviewed), streamed in word-sized pieces so that it
+    is chunked and spoken exactly like a generated answer."""
+
+    def __init__(self, text: str, model: str = ""):
+        self.text = text
+        self.model = model
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        for piece in re.findall(r"\S*\s*", self.text):
+            if piece:
+                yield piece
 
 
 _RETRYABLE = (

@@ -1,16 +1,20 @@
-// The moderators' dashboard: a live queue, the answer being spoken chunk by chunk, and the history.
-// Every change arrives as a question.updated event, so every open dashboard shows the same state.
+// The moderators' dashboard: a live queue, the answer being spoken chunk by chunk, answers held for
+// review, and the history. Every change arrives as a question.updated event, so every open dashboard
+// shows the same state.
 
 const root = document.getElementById("dashboard");
 const queueEl = document.getElementById("queue");
 const historyEl = document.getElementById("history");
 const currentEl = document.getElementById("current");
+const reviewEl = document.getElementById("review");
 const errorEl = document.getElementById("error");
 const connectionEl = document.getElementById("connection");
 const options = document.getElementById("options");
 
 const QUEUED = ["pending", "approved"];
-const state = { questions: new Map(), connected: false, current: null, searchResults: null };
+const IN_HAND = ["answering", "held"];
+// drafts: a moderator's edits of held answers (answer id → text), kept across re-renders.
+const state = { questions: new Map(), connected: false, current: null, searchResults: null, drafts: new Map() };
 window.liveqaDashboard = state;
 
 let socket = null;
@@ -85,39 +89,78 @@ function historyRow(q) {
       button("Answer again", "again", { id: q.id })));
 }
 
+function reviewRow(q) {
+  const answer = q.answer;
+  const text = el("textarea", { class: "answer-text", rows: 4, "aria-label": "Answer text" });
+  text.value = state.drafts.has(answer.id) ? state.drafts.get(answer.id) : answer.text;
+  text.addEventListener("input", () => state.drafts.set(answer.id, text.value));
+  const speak = () => {
+    send("speak", { answer_id: answer.id, text: text.value });
+    state.drafts.delete(answer.id);
+  };
+  return el("li", { class: "question held", "data-id": q.id, "data-answer-id": answer.id, "data-status": q.status },
+    el("div", { class: "meta" }, el("span", { class: "status held" }, "held"), " ",
+      el("strong", {}, q.viewer_name || "anonymous"), `: ${q.text}`),
+    text,
+    el("div", { class: "controls" },
+      el("button", { type: "button", class: "primary", "data-action": "speak", onclick: speak }, "Speak"),
+      button("Discard", "discard", { answer_id: answer.id }, { class: "danger" })));
+}
+
+function heldQuestions() {
+  return [...state.questions.values()].filter((q) => q.status === "held" && q.answer && q.answer.status === "held");
+}
+
+// Re-rendering would throw away what the moderator is typing; leaving the field renders after.
+function editing(container) {
+  const active = document.activeElement;
+  return Boolean(active && container.contains(active) && ["INPUT", "TEXTAREA"].includes(active.tagName));
+}
+
 function render() {
-  if (document.activeElement && queueEl.contains(document.activeElement) && document.activeElement.tagName === "INPUT") {
-    // Re-rendering would throw away what the moderator is typing; the change event renders after.
+  if (editing(queueEl)) {
     renderLater = true;
   } else {
     const queued = [...state.questions.values()].filter((q) => QUEUED.includes(q.status)).sort(queueOrder);
     queueEl.replaceChildren(...queued.map((q, i) => queueRow(q, i, queued)));
     document.getElementById("queue-count").textContent = `(${queued.length})`;
   }
+  if (editing(reviewEl)) {
+    renderLater = true;
+  } else {
+    const held = heldQuestions();
+    reviewEl.replaceChildren(...held.map(reviewRow));
+    document.getElementById("review-section").hidden = held.length === 0;
+    for (const id of state.drafts.keys()) if (!held.some((q) => q.answer.id === id)) state.drafts.delete(id);
+  }
   const finished = state.searchResults
-    || [...state.questions.values()].filter((q) => !QUEUED.includes(q.status) && q.status !== "answering")
+    || [...state.questions.values()].filter((q) => !QUEUED.includes(q.status) && !IN_HAND.includes(q.status))
       .sort((a, b) => (b.finished_at || b.created_at).localeCompare(a.finished_at || a.created_at)).slice(0, 50);
   historyEl.replaceChildren(...finished.map(historyRow));
   renderCurrent();
 }
 let renderLater = false;
-queueEl.addEventListener("focusout", () => {
-  if (renderLater) setTimeout(() => { renderLater = false; render(); });
-});
+for (const container of [queueEl, reviewEl]) {
+  container.addEventListener("focusout", () => {
+    if (renderLater) setTimeout(() => { renderLater = false; render(); });
+  });
+}
 
 function renderCurrent() {
   const current = state.current;
   if (!current) {
     const answering = [...state.questions.values()].find((q) => q.status === "answering");
+    const held = heldQuestions()[0];
     currentEl.replaceChildren(answering
       ? el("p", {}, `Answering “${answering.text}”`, " ", button("Stop", "skip", { id: answering.id }))
-      : el("p", { class: "muted" }, "Nothing is being answered."));
+      : held ? el("p", { class: "muted" }, `The queue waits for your review of the answer to “${held.text}”.`)
+        : el("p", { class: "muted" }, "Nothing is being answered."));
     return;
   }
   const question = state.questions.get(current.question_id);
   currentEl.replaceChildren(
     el("p", { class: "meta" }, el("strong", {}, question ? question.text : `question ${current.question_id}`),
-      current.replay ? " (replay)" : "", " ",
+      current.replay ? " (replay)" : "", current.review ? " (writing the answer for review)" : "", " ",
       current.ended ? null : button("Stop", "skip", { id: current.question_id }, { class: "danger" })),
     el("ol", { class: "chunks" }, ...current.chunks.map((c) =>
       el("li", { class: c.error ? "failed" : "", "data-seq": c.seq }, c.text, c.error ? ` (${c.error})` : ""))),
@@ -135,8 +178,21 @@ function handleEvent(event) {
       state.questions.set(event.question.id, event.question);
       break;
     case "answer.started":
-      state.current = { answer_id: event.answer_id, question_id: event.question_id, chunks: [], replay: Boolean(event.replay) };
+      state.current = {
+        answer_id: event.answer_id, question_id: event.question_id, chunks: [],
+        replay: Boolean(event.replay), review: Boolean(event.review),
+      };
       break;
+    case "answer.held": {
+      // The question.updated that follows brings the full row; this shows the text at once.
+      const question = state.questions.get(event.question_id);
+      if (question) {
+        question.status = "held";
+        question.answer = { chunks: [], timings: {}, error: "", ...question.answer, id: event.answer_id, status: "held", text: event.text };
+      }
+      if (state.current && state.current.answer_id === event.answer_id) state.current = null;
+      break;
+    }
     case "answer.chunk":
     case "answer.chunk_failed":
       if (state.current && state.current.answer_id === event.answer_id) {
