@@ -63,7 +63,7 @@ def _report_exit(task: asyncio.Task[None]) -> None:
 
 async def to_workers(message: dict[str, Any]) -> None:
     await ensure_embedded_worker()
-    await get_channel_layer().send(settings.LIVEQA_WORKER_CHANNEL, message)
+    await get_channel_layer(settings.LIVEQA_WORKERS_LAYER).send(settings.LIVEQA_WORKER_CHANNEL, message)
 
 
 async def ask(question_id: int, reply_channel: str | None) -> None:

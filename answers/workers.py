@@ -42,6 +42,7 @@ class AnswerWorker:
         pipeline: AnswerPipeline,
         *,
         channel_layer: BaseChannelLayer | None = None,
+        work_layer: BaseChannelLayer | None = None,
         concurrency: int | None = None,
         channel: str | None = None,
         default_voice: Any = None,
@@ -49,7 +50,8 @@ class AnswerWorker:
         from .providers import default_voice as configured_voice
 
         self.pipeline = pipeline
-        self.layer = channel_layer or get_channel_layer()
+        self.layer = channel_layer or get_channel_layer()  # replies, groups and this worker's own channel
+        self.work_layer = work_layer or get_channel_layer(settings.LIVEQA_WORKERS_LAYER)  # questions
         self.concurrency = concurrency or settings.LIVEQA_WORKER_CONCURRENCY
         self.channel = channel or settings.LIVEQA_WORKER_CHANNEL
         self.default_voice = default_voice or configured_voice()
@@ -72,12 +74,12 @@ class AnswerWorker:
             tasks.create_task(self._keep_alive(), name="answer-heartbeat")
             self.ready.set()
 
-    async def _receive(self, channel: str) -> dict[str, Any]:
+    async def _receive(self, layer: BaseChannelLayer, channel: str) -> dict[str, Any]:
         """Receive, riding out a channel layer outage (Redis restarting) instead of crashing."""
         delay = 0.2
         while True:
             try:
-                return await self.layer.receive(channel)
+                return await layer.receive(channel)
             except (OSError, TimeoutError) as exc:
                 logger.warning("channel layer unavailable (%s); retrying in %.1fs", exc, delay)
             except Exception as exc:
@@ -89,7 +91,7 @@ class AnswerWorker:
 
     async def _serve_slot(self) -> None:
         while True:
-            message = await self._receive(self.channel)
+            message = await self._receive(self.work_layer, self.channel)
             try:
                 if message.get("type") == events.QUESTION:
                     await self._answer_question(int(message["question_id"]), message.get("reply_channel") or None)
@@ -137,7 +139,7 @@ class AnswerWorker:
 
     async def _serve_control(self) -> None:
         while True:
-            message = await self._receive(self.own_channel)
+            message = await self._receive(self.layer, self.own_channel)
             if message.get("type") == events.CANCEL:
                 task = self.answering.get(int(message["question_id"]))
                 if task is not None:
@@ -152,7 +154,7 @@ class AnswerWorker:
                 for stream_id in await database_sync_to_async(services.reap_stale_answers)(
                     settings.LIVEQA_ANSWER_STALE_AFTER
                 ):
-                    await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=stream_id))
+                    await self._kick(stream_id)
             except Exception:
                 logger.exception("heartbeat failed; will retry")
             await asyncio.sleep(interval)
@@ -182,7 +184,7 @@ class AnswerWorker:
         if not task.cancelled() and task.exception() is not None:
             logger.error("answer to question %s crashed", question.pk, exc_info=task.exception())
         if question.source != Question.Source.LIVE:
-            await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=question.stream_id))
+            await self._kick(question.stream_id)
 
     async def _run_answer(
         self, answer: Answer, chosen: services.AnswerSettings, reply_channel: str | None, pipeline: AnswerPipeline
@@ -300,11 +302,15 @@ class AnswerWorker:
         except Exception:
             logger.exception("could not record answer %s", answer_id)
 
-    async def _send(self, channel: str, message: dict[str, Any]) -> None:
+    async def _send(self, channel: str, message: dict[str, Any], layer: BaseChannelLayer | None = None) -> None:
         try:
-            await self.layer.send(channel, message)
+            await (layer or self.layer).send(channel, message)
         except Exception as exc:
             logger.warning("could not send %s to %s: %s", message.get("type"), channel, exc)
+
+    async def _kick(self, stream_id: int) -> None:
+        """Let a worker (this one or another) answer the stream's next question."""
+        await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=stream_id), self.work_layer)
 
 
 def _record_answer(answer_id: int, final: dict[str, Any], record: _AnswerRecord, status: str | None) -> None:

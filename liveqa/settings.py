@@ -96,33 +96,37 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+LIVEQA_WORKERS_LAYER = "workers"  # the channel layer alias that hands questions to workers
 
 
-def redis_channel_layer(url: str, **config: object) -> dict[str, object]:
+def redis_channel_layers(url: str, **config: object) -> dict[str, dict[str, object]]:
+    """Two layers on one Redis.
+
+    "default", for everything that reaches listeners and for each worker's own channel: channels-redis'
+    pub/sub layer, where each process holds one subscription and hands messages to its consumers from
+    memory. (The list-based layer lost audio chunks in the soak test, with listeners connecting and
+    disconnecting all the time, and delivered a group message once per member.)
+
+    "workers", for handing questions to workers: the list-based layer, so that a question waits in
+    Redis until a worker is free to take it, even one that is still starting.
+    """
+    hosts = [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}]
     return {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            # channels-redis blocks 5 s per receive (BZPOPMIN); redis-py's default socket timeout is also
-            # 5 s, and a reply that loses that race is a message lost. Keep the socket's timeout longer.
-            "hosts": [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}],
-            # Audio bursts: a listener's channel may hold a whole answer for a moment.
-            "capacity": env_int("LIVEQA_CHANNEL_CAPACITY", 2000),
-            "expiry": 60,
-            "group_expiry": 86400,
-            **config,
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": hosts, **config}},
+        LIVEQA_WORKERS_LAYER: {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": hosts, "capacity": env_int("LIVEQA_CHANNEL_CAPACITY", 1000), "expiry": 300, **config},
         },
     }
 
 
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL)}
+    CHANNEL_LAYERS = redis_channel_layers(REDIS_URL)
 else:
-    # Embedded default: web and worker share one process (see answers/embedded.py).
+    # Embedded default: web and worker share one process (see answers/dispatch.py).
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": env_int("LIVEQA_CHANNEL_CAPACITY", 2000), "expiry": 60},
-        }
+        alias: {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 2000, "expiry": 60}}
+        for alias in ("default", LIVEQA_WORKERS_LAYER)
     }
 
 AUTH_PASSWORD_VALIDATORS = [

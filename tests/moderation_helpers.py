@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
@@ -62,7 +63,7 @@ class WorkerInbox:
 
     def __init__(self, channel: str):
         self.channel = channel
-        self.layer = get_channel_layer()
+        self.layer = get_channel_layer(settings.LIVEQA_WORKERS_LAYER)
 
     async def areceive(self, wait: float = 5) -> dict[str, Any]:
         import asyncio
@@ -93,5 +94,5 @@ async def receive_on(channel: str, wait: float = 5) -> dict[str, Any]:
 def worker_inbox(settings) -> WorkerInbox:
     """Dispatch goes to the worker channel without starting the embedded worker (as with Redis)."""
     settings.REDIS_URL = "redis://answer-workers.invalid:6379/0"
-    async_to_sync(get_channel_layer().flush)()
+    async_to_sync(get_channel_layer(settings.LIVEQA_WORKERS_LAYER).flush)()
     return WorkerInbox(settings.LIVEQA_WORKER_CHANNEL)

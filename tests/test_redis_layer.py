@@ -15,7 +15,7 @@ from channels.testing import WebsocketCommunicator
 from answers import events
 from answers.workers import AnswerWorker
 from liveqa.asgi import application
-from liveqa.settings import redis_channel_layer
+from liveqa.settings import redis_channel_layers
 from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end
 from tests.fakes.openai_server import fake_audio
 
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def redis_layer(settings):
     settings.REDIS_URL = settings.REDIS_URL_TEST
     settings.LIVEQA_WORKER_CHANNEL = f"liveqa-answers-{uuid.uuid4().hex[:8]}"
-    settings.CHANNEL_LAYERS = {
-        "default": redis_channel_layer(settings.REDIS_URL_TEST, prefix=f"test-{uuid.uuid4().hex[:8]}")
-    }
+    settings.CHANNEL_LAYERS = redis_channel_layers(settings.REDIS_URL_TEST, prefix=f"test-{uuid.uuid4().hex[:8]}")
     return get_channel_layer()
 
 
