@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -56,13 +57,22 @@ class ListenerConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Answer messages are numbered by their worker: deliver them in that order."""
         if "n" not in message or message.get("answer_id") is None:
-            await super().dispatch(message)
+            await self.handle(message)
             return
         sequencer = self.sequencers.setdefault(message["answer_id"], events.Sequencer())
         for ready in sequencer.push(message):
             if events.Sequencer.ends(ready):
                 self.sequencers.pop(message["answer_id"], None)
-            await super().dispatch(ready)
+            await self.handle(ready)
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        # Channels' own dispatch first closes stale database connections on the shared database thread,
+        # so a ping would wait behind any slow query. Every ORM call here goes through
+        # database_sync_to_async, which does that cleanup itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def send_json(self, payload: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(payload))
@@ -134,6 +144,11 @@ class LiveAnswerConsumer(ListenerConsumer):
         self.rate = RateLimit(settings.LIVEQA_RATE_LIMIT_MESSAGES, settings.LIVEQA_RATE_LIMIT_WINDOW)
         self.watchdog: asyncio.Task[None] | None = None
         self.last_heard = time.monotonic()
+        # Questions are stored and handed over by their own task, in order, so that a slow database
+        # never delays a ping or a cancel on this connection.
+        self.asks: asyncio.Queue[protocol.Ask | None] = asyncio.Queue()
+        self.intake: asyncio.Task[None] | None = None
+        self.closing = False
         key, subprotocol = key_from_scope(self.scope)
         try:
             self.stream = await database_sync_to_async(services.stream_for_key)(key)
@@ -148,12 +163,21 @@ class LiveAnswerConsumer(ListenerConsumer):
             voices=frozenset(known_voices()) | frozenset(await _preset_names()),
         )
         await self.accept(subprotocol)
+        self.intake = asyncio.create_task(self.take_questions(), name="live-answer-intake")
 
     async def disconnect(self, code: int) -> None:
         if self.watchdog is not None:
             self.watchdog.cancel()
         if getattr(self, "stream", None) is None:
             return
+        self.closing = True
+        if self.intake is not None:
+            # Questions already sent are still stored (as skipped): every question is in the database.
+            self.asks.put_nowait(None)
+            try:
+                await asyncio.wait_for(self.intake, settings.LIVEQA_ANSWER_STALE_AFTER)
+            except TimeoutError:
+                logger.warning("gave up storing this listener's last questions")
         await self.cancel_current()
         waiting, self.waiting = list(self.waiting), collections.deque()
         if waiting:
@@ -183,13 +207,16 @@ class LiveAnswerConsumer(ListenerConsumer):
             await self.send_json({"type": "hello", "protocol": request.protocol})
         elif isinstance(request, protocol.Cancel):
             await self.cancel_current()
+        elif len(self.waiting) + self.asks.qsize() >= MAX_WAITING_QUESTIONS:
+            await self.send_error("busy", "Too many questions waiting; ask again after this answer.")
         else:
+            self.asks.put_nowait(request)
+
+    async def take_questions(self) -> None:
+        while (request := await self.asks.get()) is not None:
             await self.ask(request)
 
     async def ask(self, request: protocol.Ask) -> None:
-        if len(self.waiting) >= MAX_WAITING_QUESTIONS:
-            await self.send_error("busy", "Too many questions waiting; ask again after this answer.")
-            return
         assert self.stream is not None
         try:
             question = await database_sync_to_async(services.create_question)(
@@ -202,7 +229,11 @@ class LiveAnswerConsumer(ListenerConsumer):
             )
         except DatabaseError:
             logger.exception("could not store a question")
-            await self.send_error("unavailable", "LiveQA cannot store questions right now; try again.")
+            if not self.closing:
+                await self.send_error("unavailable", "LiveQA cannot store questions right now; try again.")
+            return
+        if self.closing:
+            await database_sync_to_async(_skip_questions)([question.pk])
             return
         self.waiting.append(question.pk)
         if self.current is None:

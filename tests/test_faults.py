@@ -153,3 +153,25 @@ def test_a_stale_answer_is_requeued_once_then_failed(db):
         assert services.reap_stale_answers(stale_after=30) == [stream.pk]
         question.refresh_from_db()
         assert question.status == expected
+
+
+async def test_a_slow_database_does_not_delay_a_ping(open_listener, monkeypatch):
+    import asyncio
+    import time
+
+    listener = await open_listener()
+    stored = services.create_question
+
+    def slow_create(*args, **kwargs):
+        time.sleep(1.0)  # a database busy with other writers
+        return stored(*args, **kwargs)
+
+    monkeypatch.setattr(services, "create_question", slow_create)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Slow?"}))
+    await listener.send_to(text_data=json.dumps({"type": "ping"}))
+    started = time.monotonic()
+    assert await listener.receive_from(TIMEOUT) == "pong"
+    assert time.monotonic() - started < 0.5  # not after the second the database took
+    frames = await receive_until_end(listener)
+    assert [f for f in frames if isinstance(f, bytes)]
+    await asyncio.sleep(0)
