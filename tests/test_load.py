@@ -23,6 +23,7 @@ pytestmark = pytest.mark.load
 
 ANSWER = "Load is fine. Every word arrives in order. Nothing is dropped on the way. The end"
 PG = os.environ.get("DATABASE_URL_PG", "postgres://postgres@127.0.0.1:5432/test")
+SOAK_SECONDS = float(os.environ.get("LIVEQA_SOAK_SECONDS", "300"))
 
 
 @pytest.fixture
@@ -93,8 +94,9 @@ async def test_200_connections_and_50_simultaneous_questions(postgres_database):
                         "all_complete_in_order": True, "rss_mb": rss_mb(liveqa)})  # fmt: skip
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 240)
 async def test_five_minute_soak_keeps_memory_stable(postgres_database):
-    duration = float(os.environ.get("LIVEQA_SOAK_SECONDS", "300"))
+    duration = SOAK_SECONDS
     script = {"tokens": split_tokens(ANSWER), "token_delay": 0.005, "tts_first_byte": 0.02}
     with LiveQA(workers=2, script=script, database=postgres_database) as liveqa:
         async def client(i: int) -> int:
