@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from contextlib import aclosing
 from typing import Any
 
@@ -200,15 +201,17 @@ class AnswerWorker:
         request = AnswerRequest(LLMRequest(question=question.text, system_prompt=chosen.prompt_text), chosen.voice)
         record = _AnswerRecord()
         final: dict[str, Any] | None = None
+        started = time.monotonic()
         try:
             async with aclosing(pipeline.run(request)) as answer_events:
                 async for event in answer_events:
                     if isinstance(event, ChunkReady):
                         record.chunk(event)
-                        await listeners.send(
-                            events.message(events.CHUNK, answer_id=answer.pk, seq=event.seq, text=event.caption),
-                            dashboard,
+                        at = round(time.monotonic() - started, 3)  # seconds into the answer
+                        chunk = events.message(
+                            events.CHUNK, answer_id=answer.pk, seq=event.seq, text=event.caption, at=at
                         )
+                        await listeners.send(chunk, dashboard)
                     elif isinstance(event, AudioFrame):
                         record.audio(event)
                         for piece in events.audio_messages(

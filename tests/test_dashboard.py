@@ -229,6 +229,7 @@ async def test_the_answer_is_shown_chunk_by_chunk_and_can_be_stopped(db, embedde
     assert started["question_id"] == question.pk
     chunk = await receive_type(communicator, events.CHUNK)
     assert chunk["seq"] == 0 and chunk["answer_id"] == started["answer_id"]
+    assert chunk["at"] >= 0  # when, in the answer, the chunk started (shown beside it)
     await communicator.send_json_to({"action": "skip", "id": question.pk})
     ended = await receive_type(communicator, events.DONE, events.FAILED)
     assert (ended["type"], ended["reason"]) == (events.FAILED, "cancelled")

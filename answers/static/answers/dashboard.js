@@ -163,7 +163,8 @@ function renderCurrent() {
       current.replay ? " (replay)" : "", current.review ? " (writing the answer for review)" : "", " ",
       current.ended ? null : button("Stop", "skip", { id: current.question_id }, { class: "danger" })),
     el("ol", { class: "chunks" }, ...current.chunks.map((c) =>
-      el("li", { class: c.error ? "failed" : "", "data-seq": c.seq }, c.text, c.error ? ` (${c.error})` : ""))),
+      el("li", { class: c.error ? "failed" : "", "data-seq": c.seq }, c.text, c.error ? ` (${c.error})` : "",
+        c.at != null ? el("span", { class: "muted" }, ` · ${c.at.toFixed(2)} s`) : null))),
     current.ended ? el("p", { class: "timings muted" }, `${current.ended} · ${timingText(current.timings)}`) : null);
 }
 
@@ -197,7 +198,7 @@ function handleEvent(event) {
     case "answer.chunk_failed":
       if (state.current && state.current.answer_id === event.answer_id) {
         const chunks = state.current.chunks.filter((c) => c.seq !== event.seq);
-        chunks.push({ seq: event.seq, text: event.text, error: event.error || "" });
+        chunks.push({ seq: event.seq, text: event.text, error: event.error || "", at: event.at });
         state.current.chunks = chunks.sort((a, b) => a.seq - b.seq);
       }
       break;
