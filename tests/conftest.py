@@ -72,3 +72,9 @@ async def embedded_worker(make_pipeline, monkeypatch):
     monkeypatch.setattr(providers, "pipeline", lambda: built)
     yield built
     await dispatch.stop_embedded_worker()
+    # The worker's queries ran on the shared database thread: close its connection there, or
+    # PostgreSQL refuses to drop the test database at the end.
+    from channels.db import database_sync_to_async
+    from django.db import connections
+
+    await database_sync_to_async(connections.close_all)()
