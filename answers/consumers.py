@@ -160,7 +160,7 @@ class LiveAnswerConsumer(ListenerConsumer):
         self.limits = protocol.Limits(
             max_question_chars=min(settings.LIVEQA_MAX_QUESTION_CHARS, self.stream.max_question_chars),
             max_prompt_chars=settings.LIVEQA_MAX_PROMPT_CHARS,
-            voices=frozenset(known_voices()) | frozenset(await _preset_names()),
+            voices=frozenset(known_voices()) | frozenset(await database_sync_to_async(_preset_names)()),
         )
         await self.accept(subprotocol)
         self.intake = asyncio.create_task(self.take_questions(), name="live-answer-intake")
@@ -326,10 +326,10 @@ class LiveAnswerConsumer(ListenerConsumer):
             )
 
 
-async def _preset_names() -> list[str]:
+def _preset_names() -> list[str]:
     from .models import VoicePreset
 
-    return [name async for name in VoicePreset.objects.values_list("name", flat=True)]
+    return list(VoicePreset.objects.values_list("name", flat=True))
 
 
 def _skip_questions(question_ids: list[int]) -> int:
