@@ -53,7 +53,7 @@ class Sequencer:
         while self.expected in self.waiting:
             ready.append(self.waiting.pop(self.expected))
             self.expected += 1
-        if self.waiting and (len(self.waiting) > self.patience or message["type"] in (DONE, FAILED)):
+        if self.waiting and (len(self.waiting) > self.patience or self.ends(message)):
             for key in sorted(self.waiting):
                 ready.append(self.waiting.pop(key))
             self.expected = max(self.expected, key + 1)

@@ -17,9 +17,6 @@ from .pipeline.tts import Voice
 
 logger = logging.getLogger(__name__)
 
-FINISHED = (Question.Status.ANSWERED, Question.Status.FAILED, Question.Status.SKIPPED)
-
-
 def stream_for_key(raw_key: str, slug: str | None = None) -> Stream | None:
     """The stream this key opens (optionally only if it is `slug`'s), or None."""
     if not raw_key:
@@ -227,14 +224,6 @@ def finish_answer(
         Question.objects.filter(pk=answer.question_id, status=Question.Status.ANSWERING).update(
             status=status, finished_at=now, heartbeat_at=None
         )
-
-
-def fail_question(question_id: int, reason: str) -> None:
-    """Settle a question that never got an answer row (claimed, then the worker gave up)."""
-    Question.objects.filter(pk=question_id, status=Question.Status.ANSWERING).update(
-        status=Question.Status.FAILED, finished_at=timezone.now(), heartbeat_at=None
-    )
-    logger.warning("question %s failed before answering: %s", question_id, reason)
 
 
 def heartbeat(question_ids: list[int]) -> None:

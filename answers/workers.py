@@ -30,8 +30,10 @@ from .pipeline.answer import (
     AudioFrame,
     ChunkFailed,
     ChunkReady,
+    ChunkTimings,
 )
 from .pipeline.audio import audio_duration
+from .pipeline.chunker import Chunk
 from .pipeline.llm import FixedTextLLM, LLMRequest
 
 logger = logging.getLogger(__name__)
@@ -226,10 +228,10 @@ class AnswerWorker:
                             dashboard,
                         )
                     elif isinstance(event, AnswerDone | AnswerFailed):
+                        record.timed(event.chunks)
                         final = self._finish_event(event, ids)
         except asyncio.CancelledError:
-            final = events.message(events.FAILED, reason="cancelled", text="".join(record.captions()),
-                                   timings={}, **ids)
+            final = events.message(events.FAILED, reason="cancelled", text=record.text(), timings={}, **ids)
             raise
         finally:
             final = final or events.message(events.FAILED, reason="internal_error", text="", timings={}, **ids)
@@ -362,7 +364,7 @@ class _AnswerRecord:
     def chunk(self, event: ChunkReady) -> None:
         self.chunks[event.seq] = {
             "seq": event.seq, "caption": event.caption, "speech": event.speech,
-            "error": "", "audio": bytearray(), "audio_format": "", "sample_rate": 0,
+            "error": "", "audio": bytearray(), "audio_format": "", "sample_rate": 0, "timings": {},
         }  # fmt: skip
 
     def audio(self, event: AudioFrame) -> None:
@@ -373,8 +375,14 @@ class _AnswerRecord:
     def failed(self, event: ChunkFailed) -> None:
         self.chunks[event.seq]["error"] = event.error[:500]
 
-    def captions(self) -> list[str]:
-        return [row["caption"] + " " for row in self.chunks.values()]
+    def timed(self, spoken: list[tuple[Chunk, ChunkTimings]]) -> None:
+        """Each spoken chunk's moments (seconds since the answer started), as the pipeline measured them."""
+        for chunk, timings in spoken:
+            self.chunks[chunk.seq]["timings"] = timings.as_dict()
+
+    def text(self) -> str:
+        """What has been said so far."""
+        return " ".join(row["caption"] for row in self.chunks.values())
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []

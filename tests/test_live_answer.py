@@ -54,6 +54,8 @@ async def test_question_is_answered_with_ordered_audio_frames_then_end(listener,
     assert answer.text == ANSWER and answer.status == Answer.Status.DONE
     assert answer.timings["first_audio"] is not None
     assert await answer.chunks.acount() == len(texts)
+    async for chunk in answer.chunks.all():  # each chunk's moments, as the pipeline measured them
+        assert 0 <= chunk.timings["ready"] <= chunk.timings["first_audio"] <= chunk.timings["done"]
 
 
 async def test_ping_is_answered_while_an_answer_is_being_spoken(listener, fake_openai):

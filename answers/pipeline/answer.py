@@ -19,8 +19,13 @@ logger = logging.getLogger(__name__)
 # --- Events --------------------------------------------------------------------------------------
 
 
+class _Rounded:
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+
 @dataclass
-class ChunkTimings:
+class ChunkTimings(_Rounded):
     """Seconds since the answer started."""
 
     ready: float  # the chunker released it
@@ -29,7 +34,7 @@ class ChunkTimings:
 
 
 @dataclass
-class Timings:
+class Timings(_Rounded):
     """Seconds since the answer started; None when the moment never came."""
 
     first_token: float | None = None
@@ -39,9 +44,6 @@ class Timings:
     total: float | None = None
     characters: int = 0
     chunks: int = 0
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
