@@ -111,6 +111,16 @@ class AnswerInline(admin.TabularInline):
         return False
 
 
+def _move(questions: QuerySet[Question], from_statuses: tuple[str, ...], to_status: str) -> int:
+    """Move the questions that are in one of `from_statuses` to `to_status`, telling the dashboards."""
+    changed = [q for q in questions if q.status in from_statuses]
+    for question in changed:
+        question.status = to_status
+        question.save(update_fields=["status", "updated_at"])
+        intake.announce(question)
+    return len(changed)
+
+
 def _again(questions: list[Question]) -> int:
     copies = [moderation.answer_again(q) for q in questions]
     for copy in copies:
@@ -136,21 +146,13 @@ class QuestionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve (queue for answering)")
     def approve(self, request: HttpRequest, queryset: QuerySet[Question]) -> None:
-        changed = [q for q in queryset if q.status in (Question.Status.PENDING, Question.Status.REJECTED)]
-        for question in changed:
-            question.status = Question.Status.APPROVED
-            question.save(update_fields=["status", "updated_at"])
-            intake.announce(question)
-        self.message_user(request, f"Approved {len(changed)} question(s).")
+        moved = _move(queryset, (Question.Status.PENDING, Question.Status.REJECTED), Question.Status.APPROVED)
+        self.message_user(request, f"Approved {moved} question(s).")
 
     @admin.action(description="Reject")
     def reject(self, request: HttpRequest, queryset: QuerySet[Question]) -> None:
-        changed = [q for q in queryset if q.status in moderation.QUEUED]
-        for question in changed:
-            question.status = Question.Status.REJECTED
-            question.save(update_fields=["status", "updated_at"])
-            intake.announce(question)
-        self.message_user(request, f"Rejected {len(changed)} question(s).")
+        moved = _move(queryset, moderation.QUEUED, Question.Status.REJECTED)
+        self.message_user(request, f"Rejected {moved} question(s).")
 
     @admin.action(description="Answer again (queue an approved copy)")
     def answer_again(self, request: HttpRequest, queryset: QuerySet[Question]) -> None:
