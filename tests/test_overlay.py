@@ -56,8 +56,8 @@ async def test_the_socket_refuses_a_missing_wrong_or_other_streams_key():
         await communicator.disconnect()
 
 
-async def test_the_overlay_hears_an_approved_answer_with_its_audio_in_order(embedded_worker, fake_openai):
-    stream, key, _ = await database_sync_to_async(make_stream_with_token)()
+async def overlay_and_staff_dashboard(stream, key):
+    """A connected overlay of `stream`, and a staff member's dashboard of it."""
     overlay = WebsocketCommunicator(application, f"/ws/overlay/{stream.slug}/?key={key}")
     assert (await overlay.connect(TIMEOUT))[0]
     staff = await database_sync_to_async(lambda: session_cookie(make_user("boss", staff=True))[1])()
@@ -66,6 +66,12 @@ async def test_the_overlay_hears_an_approved_answer_with_its_audio_in_order(embe
         headers=[(b"origin", b"http://localhost"), (b"cookie", f"sessionid={staff}".encode())],
     )  # fmt: skip
     assert (await dashboard.connect(TIMEOUT))[0]
+    return overlay, dashboard
+
+
+async def test_the_overlay_hears_an_approved_answer_with_its_audio_in_order(embedded_worker, fake_openai):
+    stream, key, _ = await database_sync_to_async(make_stream_with_token)()
+    overlay, dashboard = await overlay_and_staff_dashboard(stream, key)
     question = await Question.objects.acreate(stream=stream, text="What is pi?", source="ask")
     await dashboard.send_json_to({"action": "approve", "id": question.pk})
 
@@ -84,14 +90,7 @@ async def test_the_overlay_hears_an_approved_answer_with_its_audio_in_order(embe
 async def test_a_replayed_answer_reaches_the_overlay_with_its_original_id(db):
     stream, key, _ = await database_sync_to_async(make_stream_with_token)()
     answer = await database_sync_to_async(make_answer)(stream, [("One.", b"A1", 1.0, ""), ("Two.", b"A2", 1.0, "")])
-    overlay = WebsocketCommunicator(application, f"/ws/overlay/{stream.slug}/?key={key}")
-    assert (await overlay.connect(TIMEOUT))[0]
-    staff = await database_sync_to_async(lambda: session_cookie(make_user("boss", staff=True))[1])()
-    dashboard = WebsocketCommunicator(
-        application, f"/ws/dashboard/{stream.slug}/",
-        headers=[(b"origin", b"http://localhost"), (b"cookie", f"sessionid={staff}".encode())],
-    )  # fmt: skip
-    assert (await dashboard.connect(TIMEOUT))[0]
+    overlay, dashboard = await overlay_and_staff_dashboard(stream, key)
     await dashboard.send_json_to({"action": "replay", "answer_id": answer.pk})
     frames = await frames_until(overlay, events.DONE)
     await dashboard.disconnect()
