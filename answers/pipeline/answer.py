@@ -115,6 +115,10 @@ class _Failure:
 _END = object()
 
 
+def _says_the_same(a: Chunk, b: Chunk) -> bool:
+    return (a.speech, a.language) == (b.speech, b.language)
+
+
 class _Slot:
     """One chunk's place in the speaking order, with the audio its synthesis has produced so far."""
 
@@ -221,6 +225,8 @@ class _AnswerRun:
         self.slots: asyncio.Queue[_Slot | None] = asyncio.Queue()
         self.spoken: list[tuple[Chunk, ChunkTimings]] = []
         self.limit = asyncio.Semaphore(pipeline.concurrency)
+        # The first chunk, synthesized before the chunker has confirmed where it ends.
+        self.early: tuple[_Slot, asyncio.Task[None]] | None = None
 
     def now(self) -> float:
         return self.pipeline.clock() - self.started
@@ -262,21 +268,48 @@ class _AnswerRun:
                     if self.timings.first_token is None:
                         self.timings.first_token = self.now()
                     self.text.append(token)
-                    for chunk in chunker.feed(token):
+                    chunks = chunker.feed(token)
+                    for chunk in chunks:
                         self.submit(chunk, tasks)
+                    if not chunks and self.timings.chunks == 0:
+                        self.speculate(chunker.tentative(), tasks)
         except LLMError as exc:
             logger.warning("LLM failed: %s", exc)
             failure = exc.reason
         self.timings.llm_done = self.now()
         for chunk in chunker.flush():
             self.submit(chunk, tasks)
+        self.cancel_early()
         self.slots.put_nowait(None)
         return failure
+
+    def speculate(self, chunk: Chunk | None, tasks: asyncio.TaskGroup) -> None:
+        """Start synthesizing the first chunk as soon as its end is likely, rather than when the next
+        token confirms it. Another chunk, or none, cancels what was started early."""
+        if chunk is not None and self.early is not None and _says_the_same(self.early[0].chunk, chunk):
+            return
+        self.cancel_early()
+        if chunk is not None:
+            slot = _Slot(chunk, ChunkTimings(ready=0.0), self.pipeline.speech, self.request.voice)
+            if slot.engine is not None:
+                self.early = slot, tasks.create_task(self.synthesize(slot.engine, slot), name="answer-tts-early")
+
+    def cancel_early(self) -> None:
+        if self.early is not None:
+            self.early[1].cancel()
+            self.early = None
 
     def submit(self, chunk: Chunk, tasks: asyncio.TaskGroup) -> None:
         if self.timings.first_chunk is None:
             self.timings.first_chunk = self.now()
         self.timings.chunks += 1
+        if self.early is not None and _says_the_same(self.early[0].chunk, chunk):
+            slot = self.early[0]
+            self.early = None
+            slot.chunk, slot.timings.ready = chunk, self.now()  # the caption may differ: a closing quote
+            self.slots.put_nowait(slot)
+            return
+        self.cancel_early()
         slot = _Slot(chunk, ChunkTimings(ready=self.now()), self.pipeline.speech, self.request.voice)
         self.slots.put_nowait(slot)
         if slot.engine is not None:

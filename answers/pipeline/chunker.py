@@ -93,9 +93,27 @@ class SpeechChunker:
         self._reset()
         return chunks
 
+    def tentative(self) -> Chunk | None:
+        """The next chunk, if the text seen so far ends where its most likely continuation (a space
+        and a capital letter) would cut it: "…in memory," or "…is late.". Nothing is consumed.
+
+        A caller may start synthesizing it early to save the wait for the character that confirms the
+        cut; the chunk `feed()` returns then is usually, not always, the same."""
+        text, state = self._text, (self._cursor, self._fence, self._seq)
+        self._text += " A"
+        ends: list[int] = []
+        try:
+            chunks = self._drain(final=False, ends=ends)
+        finally:
+            self._text = text
+            self._cursor, self._fence, self._seq = state
+        # One chunk, ending inside the text that was really seen.
+        return chunks[0] if len(chunks) == 1 and ends[0] <= len(text) else None
+
     # -- scanning ---------------------------------------------------------------------------------
 
-    def _drain(self, *, final: bool) -> list[Chunk]:
+    def _drain(self, *, final: bool, ends: list[int] | None = None) -> list[Chunk]:
+        """Cut every chunk whose end is certain; `ends` collects where each one ended."""
         chunks: list[Chunk] = []
         text = self._text
         while True:
@@ -126,6 +144,8 @@ class SpeechChunker:
             chunk = self._make_chunk(text[start:end])
             if chunk is not None:
                 chunks.append(chunk)
+                if ends is not None:
+                    ends.append(end)
         return chunks
 
     def _open_fence(self, start: int, *, final: bool) -> bool:

@@ -112,6 +112,34 @@ async def test_first_audio_is_delivered_before_the_llm_has_finished(server, buil
     assert first_audio < timings.llm_done
 
 
+async def test_first_chunk_is_synthesized_before_the_token_that_confirms_where_it_ends(server, build_pipeline):
+    # The comma ends the first chunk only if a space follows; that token comes 0.4 s later.
+    first = "Redis keeps the whole channel layer in memory,"
+    server.script = Script(tokens=[first, " so a message crosses it fast."], token_delay=0.4)
+    start = time.monotonic()
+    events = events_of(await collect(build_pipeline(), answer_request()))
+
+    assert [r["body"]["input"] for r in server.speech_requests] == [first, "so a message crosses it fast."]
+    assert server.speech_requests[0]["start"] - start < 0.2
+    assert server.closed_early == []  # what was started early was kept, not asked again
+    assert spoken(events) == {0: first, 1: "so a message crosses it fast."}
+    assert_well_formed(events)
+
+
+async def test_a_first_chunk_started_early_that_the_next_token_disproves_is_cancelled(server, build_pipeline):
+    server.script = Script(
+        tokens=["The price is 1,", "299 dollars in total.", " Thank you for asking."], token_delay=0.2,
+        tts_first_byte=0.5,
+    )  # fmt: skip
+    events = events_of(await collect(build_pipeline(), answer_request()))
+
+    inputs = [r["body"]["input"] for r in server.speech_requests]
+    assert inputs == ["The price is 1,", "The price is 1,299 dollars in total.", "Thank you for asking."]
+    assert server.closed_early == ["speech"]
+    assert spoken(events) == dict(enumerate(inputs[1:]))
+    assert_well_formed(events)
+
+
 # --- Words and timings ----------------------------------------------------------------------------
 
 

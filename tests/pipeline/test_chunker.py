@@ -327,3 +327,52 @@ def test_chunks_do_not_depend_on_tokenization(data: st.DataObject, options: dict
     )
     pieces = data.draw(token_splits(text))
     assert stream(pieces, **options) == stream([text], **options)
+
+
+# --- Tentative chunks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        (["Redis keeps the whole", " channel layer in memory,"], "Redis keeps the whole channel layer in memory,"),
+        (["The answer is short."], "The answer is short."),
+        (['He said "we are done."'], 'He said "we are done."'),
+        (["Redis keeps the whole", " channel"], None),  # no punctuation yet
+        (["Well,"], None),  # too few words for a first chunk
+        (["Ask Dr."], None),  # an abbreviation, not a sentence end
+    ],
+)
+def test_tentative_is_the_chunk_a_following_space_and_capital_would_cut(pieces: list[str], expected: str | None):
+    chunker = SpeechChunker()
+    for piece in pieces:
+        assert chunker.feed(piece) == []
+    chunk = chunker.tentative()
+    assert (chunk.caption if chunk else None) == expected
+
+
+def test_tentative_consumes_nothing_and_can_be_wrong():
+    chunker = SpeechChunker()
+    assert chunker.feed("The price is 1,") == []
+    guess = chunker.tentative()
+    assert guess is not None and guess.speech == "The price is 1,"
+    assert chunker.feed("299") == []
+    assert chunker.tentative() is None  # "1,299" is a number, not a clause end
+    assert chunker.feed(" dollars in total.") == []
+    guess = chunker.tentative()
+    assert guess is not None and (guess.seq, guess.speech) == (0, "The price is 1,299 dollars in total.")
+    assert chunker.feed(" Then") == [guess]
+    assert [(c.seq, c.caption) for c in chunker.flush()] == [(1, "Then")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), options=st.sampled_from([DEFAULT, SPLIT]))
+def test_asking_for_the_tentative_chunk_between_tokens_changes_no_chunk(data: st.DataObject, options: dict[str, int]):
+    text = data.draw(plain_answers())
+    pieces = data.draw(token_splits(text))
+    chunker = SpeechChunker(**options)
+    chunks = []
+    for piece in pieces:
+        chunks += chunker.feed(piece)
+        chunker.tentative()
+    assert chunks + chunker.flush() == stream([text], **options)
