@@ -14,10 +14,9 @@ from typing import Any
 import aiohttp
 import websockets
 
-from tests.fakes.openai_server import split_tokens
+from tests.fakes.openai_server import split_tokens, synthesis_seconds
 
 from .client import MP3_BYTES_PER_SECOND, AnswerTrace, Overlay, ask, percentile
-from .fake import synthesis_seconds
 from .system import BenchLiveQA, NaiveServer, ProcessMeter
 
 ANSWER = (
@@ -377,7 +376,9 @@ async def scenario_slow_tts(options: Options) -> dict[str, Any]:
         traces, meter = await measured(liveqa.server_pids(), lambda: ask_in_turn(liveqa.answer_url, reps, "slow"))
         fake_log = await fetch_json(f"{liveqa.fake_url}/log")
         naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_in_turn(url, 1, "naive"))
-    ratios = [(s["end"] - s["start"]) / (s["bytes"] / MP3_BYTES_PER_SECOND) for s in fake_log["speech"] if s.get("end")]
+    ratios = [
+        (s["end"] - s["start"]) / (s["bytes"] / MP3_BYTES_PER_SECOND) for s in fake_log["speech"] if s.get("complete")
+    ]
     result = summarize(traces, meter)
     return {
         "liveqa": result,
@@ -461,7 +462,7 @@ def timeline_data(trace: AnswerTrace, fake_log: dict[str, Any]) -> dict[str, Any
         "tts": [
             {"start": rel(s["start"]), "pieces": [rel(p) for p in s["pieces"]], "end": rel(s["end"]), "text": s["text"]}
             for s in fake_log["speech"]
-            if s.get("end")
+            if s["pieces"]
         ],
         "frames": [{"at": rel(f.at), "seq": f.seq, "seconds": f.seconds} for f in trace.frames],
         "end": rel(trace.end or t0),

@@ -15,10 +15,7 @@ from tests.processes import PYTHON, ROOT, LiveQA, base_env
 
 
 class BenchLiveQA(LiveQA):
-    """LiveQA started on `bench.fake` (the test fake with a timing log) instead of the test fake."""
-
-    def _start_fake(self) -> int:
-        return _start_printing_port(self, "fake", [PYTHON, "-m", "bench.fake", "--script", json.dumps(self.script)])
+    """LiveQA's processes on the test suite's fake OpenAI server, with what the benchmark adds."""
 
     def add_auto_approving_stream(self) -> dict[str, str]:
         """A second stream whose bridge questions are approved at once (answered to its overlays)."""

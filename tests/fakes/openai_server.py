@@ -1,5 +1,7 @@
 """A paced fake OpenAI-compatible server on loopback: SSE chat tokens and a speech endpoint, with
 delays, streaming, out-of-order completion and failures on cue, so the real `openai` client runs.
+Everything scripted is paced against deadlines from the request's arrival, so delays do not drift, and
+the moment each token and audio piece was written is logged (`time.monotonic()`, GET /log).
 
 Run standalone (for subprocess tests and the benchmark):
     python -m tests.fakes.openai_server --port 0 --script '{"tokens": [...], ...}'
@@ -70,6 +72,7 @@ class Script:
     tts_fail_on: list[str] = field(default_factory=list)  # 500 when the text contains one of these
     tts_break_on: list[str] = field(default_factory=list)  # cut the connection after the first piece
     tts_audio_bytes: int = 0  # pad each chunk's audio to at least this many bytes
+    tts_audio_bytes_per_char: int = 0  # ... or to len(text) × this (audio as long as the text takes to say)
     tts_real_wav: bool = False  # answer with a real 0.3 s WAV instead of the text-naming stand-in
 
 
@@ -82,6 +85,7 @@ class FakeOpenAI:
         self.max_speech_in_flight = 0
         self.open_streams = 0  # chat or speech responses currently being written
         self.closed_early: list[str] = []  # responses whose client went away
+        self.log: dict[str, list[dict[str, Any]]] = {"chat": [], "speech": []}  # when things were written
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -94,6 +98,8 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/audio/speech", self.speech)
         app.router.add_post("/script", self.set_script)
+        app.router.add_get("/log", self.get_log)
+        app.router.add_post("/log/clear", self.clear_log)
         return app
 
     async def start(self, port: int = 0) -> FakeOpenAI:
@@ -118,7 +124,16 @@ class FakeOpenAI:
         self.script = Script(**(await request.json()))
         return web.json_response({"ok": True})
 
+    async def get_log(self, request: web.Request) -> web.Response:
+        return web.json_response(self.log)
+
+    async def clear_log(self, request: web.Request) -> web.Response:
+        self.log = {"chat": [], "speech": []}
+        return web.json_response({"ok": True})
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        record: dict[str, Any] = {"start": time.monotonic(), "tokens": [], "end": None}
+        self.log["chat"].append(record)
         body = await request.json()
         self.chat_requests.append(body)
         script = self.script
@@ -130,19 +145,19 @@ class FakeOpenAI:
         await response.prepare(request)
         self.open_streams += 1
         try:
-            await asyncio.sleep(script.first_token_delay)
             for i, token in enumerate(script.tokens):
+                await _sleep_until(record["start"] + script.first_token_delay + i * script.token_delay)
                 if script.stall_after is not None and i == script.stall_after:
                     await asyncio.sleep(3600)
                 if script.break_after is not None and i == script.break_after:
                     assert request.transport is not None
                     request.transport.abort()
                     return response
-                if i:
-                    await asyncio.sleep(script.token_delay)
                 await response.write(_sse(_delta(body, token)))
+                record["tokens"].append(time.monotonic())
             await response.write(_sse(_delta(body, None)) + b"data: [DONE]\n\n")
             await response.write_eof()
+            record["end"] = time.monotonic()
         except (asyncio.CancelledError, ConnectionResetError):
             self.closed_early.append("chat")
             raise
@@ -151,31 +166,34 @@ class FakeOpenAI:
         return response
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        text = body.get("input", "")
-        record = {"body": body, "start": time.monotonic(), "end": None}
+        record: dict[str, Any] = {"start": time.monotonic(), "pieces": [], "end": None}
         self.speech_requests.append(record)
+        self.log["speech"].append(record)
+        record["body"] = body = await request.json()
+        record["text"] = text = body.get("input", "")
         script = self.script
         self.speech_in_flight += 1
         self.max_speech_in_flight = max(self.max_speech_in_flight, self.speech_in_flight)
         self.open_streams += 1
         try:
             extra = sum(delay for key, delay in script.tts_delays.items() if key in text)
-            await asyncio.sleep(script.tts_first_byte + extra)
+            first_byte = record["start"] + script.tts_first_byte + extra
+            await _sleep_until(first_byte)
             if any(key in text for key in script.tts_fail_on):
                 return web.json_response({"error": {"message": "scripted TTS failure"}}, status=500)
             audio = wav_audio() if script.tts_real_wav else fake_audio(text)
-            if len(audio) < script.tts_audio_bytes:
-                audio += b"\0" * (script.tts_audio_bytes - len(audio))
+            size = max(script.tts_audio_bytes, len(text) * script.tts_audio_bytes_per_char)
+            audio += b"\0" * max(0, size - len(audio))
+            record["bytes"] = len(audio)
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             await response.prepare(request)
             pieces = max(1, script.tts_pieces)
-            size = -(-len(audio) // pieces)
+            step = -(-len(audio) // pieces)
             pause = script.tts_per_char * len(text) / pieces
-            for start in range(0, len(audio), size):
-                if start:
-                    await asyncio.sleep(pause)
-                await response.write(audio[start : start + size])
+            for n, start in enumerate(range(0, len(audio), step)):
+                await _sleep_until(first_byte + n * pause)
+                await response.write(audio[start : start + step])
+                record["pieces"].append(time.monotonic())
                 if any(key in text for key in script.tts_break_on):
                     assert request.transport is not None
                     request.transport.abort()
@@ -183,6 +201,7 @@ class FakeOpenAI:
             if pieces == 1:
                 await asyncio.sleep(0)
             await response.write_eof()
+            record["complete"] = True
             return response
         except (asyncio.CancelledError, ConnectionResetError):
             self.closed_early.append("speech")
@@ -191,6 +210,16 @@ class FakeOpenAI:
             record["end"] = time.monotonic()
             self.speech_in_flight -= 1
             self.open_streams -= 1
+
+
+def synthesis_seconds(script: dict[str, Any], text: str) -> float:
+    """How long the fake takes to speak `text`, first byte to last (pieces after the first are paced)."""
+    pieces = max(1, script.get("tts_pieces", 1))
+    return script.get("tts_first_byte", 0.0) + script.get("tts_per_char", 0.0) * len(text) * (pieces - 1) / pieces
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 def _delta(body: dict[str, Any], token: str | None) -> dict[str, Any]:
