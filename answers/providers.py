@@ -8,6 +8,7 @@ from django.conf import settings
 
 from .pipeline.answer import AnswerPipeline
 from .pipeline.llm import LLM, LLMTimeouts, OpenAIChatLLM
+from .pipeline.openai_client import async_openai
 from .pipeline.tts import OpenAISpeech, SpeechRouter, Voice
 
 OPENAI_VOICES = (
@@ -53,9 +54,7 @@ def build_speech() -> SpeechRouter:
         engines["espeak"] = EspeakSpeech()
         fallback = "espeak"
     else:
-        import openai
-
-        client = openai.AsyncOpenAI(
+        client = async_openai(
             api_key=settings.OPENAI_API_KEY or "unused",
             base_url=settings.OPENAI_BASE_URL,
             max_retries=0,

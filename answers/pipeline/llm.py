@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import httpx
 import openai
 
+from .openai_client import async_openai
+
 logger = logging.getLogger(__name__)
 
 
@@ -86,12 +88,23 @@ _RETRYABLE = (
 )
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error (not a timeout) is behind `exc`: httpx-aiohttp maps every aiohttp
+    connection error, a refused connection included, to httpx.ConnectTimeout; the cause tells."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited"
     if isinstance(exc, openai.InternalServerError):
         return "server_error"
-    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+    if isinstance(exc, openai.APITimeoutError | TimeoutError) and not _refused(exc):
         return "first_token_timeout"
     if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
         return "connection_error"
@@ -124,7 +137,7 @@ class OpenAIChatLLM(LLM):
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.retry_backoff = retry_backoff
-        self.client = openai.AsyncOpenAI(
+        self.client = async_openai(
             api_key=api_key or "unused",
             base_url=base_url,
             max_retries=0,  # retried here, only before the first token

@@ -166,7 +166,8 @@ async def test_timings_are_recorded_in_the_order_things_happen(server, build_pip
     assert None not in (t.first_token, t.first_chunk, t.first_audio, t.llm_done, t.total)
     assert 0.02 <= t.first_token <= t.first_chunk <= t.first_audio <= t.total
     assert t.first_token <= t.llm_done <= t.total
-    assert t.first_audio - t.first_chunk >= 0.02  # the speech endpoint's latency
+    # The speech endpoint's latency (synthesis may start before the chunker confirms the first chunk).
+    assert t.first_audio - t.first_token >= 0.02
     assert t.characters == len(FOUR)
     assert t.chunks == len(ready(events)) == 4
     assert [chunk.seq for chunk, _ in done.chunks] == [0, 1, 2, 3]
