@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import time
@@ -19,7 +20,7 @@ from django.db import DatabaseError
 from . import dispatch, events, protocol, services
 from .auth import key_from_scope
 from .models import Question, Stream
-from .providers import known_voices
+from .providers import default_voice, known_voices
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ class LiveAnswerConsumer(ListenerConsumer):
         self.answer_id: int | None = None
         self.worker: str | None = None  # the worker channel answering it
         self.cancel_requested = False
-        self.waiting: collections.deque[int] = collections.deque()
+        # Stored questions not yet handed over: (id, what a worker needs to start answering it).
+        self.waiting: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
         self.rate = RateLimit(settings.LIVEQA_RATE_LIMIT_MESSAGES, settings.LIVEQA_RATE_LIMIT_WINDOW)
         self.watchdog: asyncio.Task[None] | None = None
         self.last_heard = time.monotonic()
@@ -179,7 +181,7 @@ class LiveAnswerConsumer(ListenerConsumer):
             except TimeoutError:
                 logger.warning("gave up storing this listener's last questions")
         await self.cancel_current()
-        waiting, self.waiting = list(self.waiting), collections.deque()
+        waiting, self.waiting = [question_id for question_id, _ in self.waiting], collections.deque()
         if waiting:
             await database_sync_to_async(_skip_questions)(waiting)
 
@@ -219,11 +221,11 @@ class LiveAnswerConsumer(ListenerConsumer):
     async def ask(self, request: protocol.Ask) -> None:
         assert self.stream is not None
         try:
-            question = await database_sync_to_async(services.create_question)(
+            question, chosen = await database_sync_to_async(services.create_live_question)(
                 self.stream,
                 request.question,
+                default_voice(),
                 source=Question.Source.LIVE,
-                approved=True,
                 prompt_override=request.prompt,
                 voice_override=request.voice_override,
             )
@@ -235,16 +237,17 @@ class LiveAnswerConsumer(ListenerConsumer):
         if self.closing:
             await database_sync_to_async(_skip_questions)([question.pk])
             return
-        self.waiting.append(question.pk)
+        prepared = {"question": question.text, "prompt": chosen.prompt_text, "voice": dataclasses.asdict(chosen.voice)}
+        self.waiting.append((question.pk, prepared))
         if self.current is None:
             await self.next_question()
 
     async def next_question(self) -> None:
         while self.waiting and self.current is None:
-            question_id = self.waiting.popleft()
+            question_id, prepared = self.waiting.popleft()
             self.current, self.worker, self.cancel_requested = question_id, None, False
             try:
-                await dispatch.ask(question_id, self.channel_name)
+                await dispatch.ask(question_id, self.channel_name, prepared)
             except Exception:
                 logger.exception("could not hand question %s to a worker", question_id)
                 await database_sync_to_async(_fail_unsent)(question_id)

@@ -66,8 +66,13 @@ async def to_workers(message: dict[str, Any]) -> None:
     await get_channel_layer(settings.LIVEQA_WORKERS_LAYER).send(settings.LIVEQA_WORKER_CHANNEL, message)
 
 
-async def ask(question_id: int, reply_channel: str | None) -> None:
-    await to_workers(events.message(events.QUESTION, question_id=question_id, reply_channel=reply_channel))
+async def ask(question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None) -> None:
+    """Hand a question to a worker. `prepared` ({question, prompt, voice}) lets the worker start the LLM
+    while it claims the question, instead of after."""
+    message = events.message(events.QUESTION, question_id=question_id, reply_channel=reply_channel)
+    if prepared is not None:
+        message["prepared"] = prepared
+    await to_workers(message)
 
 
 async def kick_stream(stream_id: int) -> None:

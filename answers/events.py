@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 # Worker-bound.
-QUESTION = "answer.question"  # {question_id, reply_channel}
+QUESTION = "answer.question"  # {question_id, reply_channel, prepared?: {question, prompt, voice}}
 STREAM_NEXT = "stream.next"  # {stream_id}: answer the stream's next approved question, if it is idle
 CANCEL = "answer.cancel"  # {question_id}
 SPEAK = "answer.speak"  # {answer_id}: speak a held answer's text, as a moderator approved it

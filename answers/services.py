@@ -53,6 +53,18 @@ def create_question(
     )
 
 
+def create_live_question(
+    stream: Stream, text: str, default_voice: Voice, **fields: Any
+) -> tuple[Question, AnswerSettings]:
+    """Store an approved question and resolve the prompt and voice it will be answered with, in one
+    trip to the database thread: a worker handed both starts the LLM while it claims the question."""
+    question = create_question(stream, text, approved=True, **fields)
+    fresh = Question.objects.select_related(
+        "stream__default_prompt", "stream__default_voice", "prompt", "voice"
+    ).get(pk=question.pk)
+    return question, answer_settings(fresh, default_voice)
+
+
 def claim_question(question_id: int, worker: str) -> Question | None:
     """Approved → answering, only if nobody else got there first (a conditional update)."""
     now = timezone.now()
@@ -125,12 +137,14 @@ def answer_settings(question: Question, default_voice: Voice) -> AnswerSettings:
 Begun = tuple[Answer, AnswerSettings]
 
 
-def begin_answer(question_id: int, worker: str, default_voice: Voice, model: str) -> Begun | None:
-    """Claim an approved question and open its answer in one round trip: this is on the path to the
-    first word."""
+def begin_answer(
+    question_id: int, worker: str, default_voice: Voice, model: str, chosen: AnswerSettings | None = None
+) -> Begun | None:
+    """Claim an approved question and open its answer in one round trip. `chosen`: the prompt and voice
+    the answer was already started with (resolved when the question was stored)."""
     with transaction.atomic():
         question = claim_question(question_id, worker)
-        return None if question is None else _open_answer(question, default_voice, model)
+        return None if question is None else _open_answer(question, default_voice, model, chosen)
 
 
 def begin_next_answer(stream_id: int, worker: str, default_voice: Voice, model: str) -> Begun | None:
@@ -140,8 +154,8 @@ def begin_next_answer(stream_id: int, worker: str, default_voice: Voice, model: 
         return None if question is None else _open_answer(question, default_voice, model)
 
 
-def _open_answer(question: Question, default_voice: Voice, model: str) -> Begun:
-    chosen = answer_settings(question, default_voice)
+def _open_answer(question: Question, default_voice: Voice, model: str, chosen: AnswerSettings | None = None) -> Begun:
+    chosen = chosen or answer_settings(question, default_voice)
     return start_answer(question, chosen, model, held=held_for_review(question)), chosen
 
 

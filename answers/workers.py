@@ -25,6 +25,7 @@ from .models import Answer, Question
 from .pipeline.answer import (
     AnswerDone,
     AnswerFailed,
+    Answering,
     AnswerPipeline,
     AnswerRequest,
     AudioFrame,
@@ -35,6 +36,7 @@ from .pipeline.answer import (
 from .pipeline.audio import audio_duration
 from .pipeline.chunker import Chunk
 from .pipeline.llm import FixedTextLLM, LLMRequest
+from .pipeline.tts import Voice
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,9 @@ class AnswerWorker:
             message = await self._receive(self.work_layer, self.channel)
             try:
                 if message.get("type") == events.QUESTION:
-                    await self._answer_question(int(message["question_id"]), message.get("reply_channel") or None)
+                    await self._answer_question(
+                        int(message["question_id"]), message.get("reply_channel") or None, message.get("prepared")
+                    )
                 elif message.get("type") == events.STREAM_NEXT:
                     await self._answer_stream_queue(int(message["stream_id"]))
                 elif message.get("type") == events.SPEAK:
@@ -107,23 +111,37 @@ class AnswerWorker:
             except Exception:
                 logger.exception("worker failed to handle %s", message.get("type"))
 
-    async def _answer_question(self, question_id: int, reply_channel: str | None) -> None:
+    async def _answer_question(
+        self, question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None
+    ) -> None:
         model = self.pipeline.llm.model
+        # Handed what the LLM needs, the answer starts now and the claim runs meanwhile: the database
+        # is not on the way to the first word. Nothing is sent to anyone before the claim succeeds.
+        early = _Early.start(self.pipeline, prepared) if prepared else None
         try:
-            begun = await database_sync_to_async(services.begin_answer)(
-                question_id, self.name, self.default_voice, model
-            )
-        except Exception:
-            logger.exception("could not start answering question %s", question_id)
-            if reply_channel:
-                failed = events.message(events.FAILED, answer_id=None, question_id=question_id,
-                                        reason="unavailable", text="", timings={})  # fmt: skip
-                await self._send(reply_channel, failed)
-            return
-        if begun is None:
-            logger.info("question %s was already taken or withdrawn", question_id)
-            return
-        await self._answer(*begun, reply_channel)
+            try:
+                begun = await database_sync_to_async(services.begin_answer)(
+                    question_id, self.name, self.default_voice, model, early.chosen if early else None
+                )
+            except Exception:
+                logger.exception("could not start answering question %s", question_id)
+                if reply_channel:
+                    failed = events.message(events.FAILED, answer_id=None, question_id=question_id,
+                                            reason="unavailable", text="", timings={})  # fmt: skip
+                    await self._send(reply_channel, failed)
+                return
+            if begun is None:
+                logger.info("question %s was already taken or withdrawn", question_id)
+                return
+            answer, chosen = begun
+            if answer.status == Answer.Status.HELD:
+                await self._answer(answer, chosen, reply_channel)
+            else:
+                taken, early = early, None
+                await self._answer(answer, chosen, reply_channel, early=taken)
+        finally:
+            if early is not None:
+                await early.events.aclose()
 
     async def _answer_stream_queue(self, stream_id: int) -> None:
         model = self.pipeline.llm.model
@@ -168,12 +186,13 @@ class AnswerWorker:
         chosen: services.AnswerSettings,
         reply_channel: str | None,
         pipeline: AnswerPipeline | None = None,
+        early: _Early | None = None,
     ) -> None:
         question = answer.question
         if answer.status == Answer.Status.HELD:
             work = self._write_for_review(answer, chosen)
         else:
-            work = self._run_answer(answer, chosen, reply_channel, pipeline or self.pipeline)
+            work = self._run_answer(answer, chosen, reply_channel, pipeline or self.pipeline, early)
         task = asyncio.create_task(work, name=f"answer-{question.pk}")
         self.answering[question.pk] = task
         try:
@@ -190,7 +209,12 @@ class AnswerWorker:
             await self._kick(question.stream_id)
 
     async def _run_answer(
-        self, answer: Answer, chosen: services.AnswerSettings, reply_channel: str | None, pipeline: AnswerPipeline
+        self,
+        answer: Answer,
+        chosen: services.AnswerSettings,
+        reply_channel: str | None,
+        pipeline: AnswerPipeline,
+        early: _Early | None = None,
     ) -> None:
         question = answer.question
         stream = question.stream
@@ -200,12 +224,14 @@ class AnswerWorker:
         ids = {"answer_id": answer.pk, "question_id": question.pk}
         await listeners.send(events.message(events.STARTED, worker=self.own_channel, **ids), dashboard)
 
-        request = AnswerRequest(LLMRequest(question=question.text, system_prompt=chosen.prompt_text), chosen.voice)
+        if early is None:
+            request = AnswerRequest(LLMRequest(question=question.text, system_prompt=chosen.prompt_text), chosen.voice)
+            early = _Early(pipeline.start(request), chosen)
         record = _AnswerRecord()
         final: dict[str, Any] | None = None
-        started = time.monotonic()
+        started = early.started
         try:
-            async with aclosing(pipeline.run(request)) as answer_events:
+            async with aclosing(early.events) as answer_events:
                 async for event in answer_events:
                     if isinstance(event, ChunkReady):
                         record.chunk(event)
@@ -316,6 +342,21 @@ class AnswerWorker:
     async def _kick(self, stream_id: int) -> None:
         """Let a worker (this one or another) answer the stream's next question."""
         await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=stream_id), self.work_layer)
+
+
+class _Early:
+    """An answer's pipeline, started: its events wait in it until they are read."""
+
+    def __init__(self, answering: Answering, chosen: services.AnswerSettings):
+        self.events = answering
+        self.chosen = chosen
+        self.started = time.monotonic()
+
+    @classmethod
+    def start(cls, pipeline: AnswerPipeline, prepared: dict[str, Any]) -> _Early:
+        chosen = services.AnswerSettings(prepared["prompt"], Voice(**prepared["voice"]))
+        llm = LLMRequest(question=prepared["question"], system_prompt=chosen.prompt_text)
+        return cls(pipeline.start(AnswerRequest(llm, chosen.voice)), chosen)
 
 
 def _record_answer(answer_id: int, final: dict[str, Any], record: _AnswerRecord, status: str | None) -> None:

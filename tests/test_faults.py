@@ -175,3 +175,61 @@ async def test_a_slow_database_does_not_delay_a_ping(open_listener, monkeypatch)
     frames = await receive_until_end(listener)
     assert [f for f in frames if isinstance(f, bytes)]
     await asyncio.sleep(0)
+
+
+async def test_the_llm_is_asked_while_the_question_is_claimed_and_nothing_is_sent_before_the_claim(
+    open_listener, monkeypatch, fake_openai
+):
+    import time
+
+    fake_openai.script.first_token_delay = 0.2
+    listener = await open_listener()
+    claim = services.begin_answer
+    claimed_at = []
+
+    def slow_claim(*args, **kwargs):
+        time.sleep(0.5)  # a database busy with other writers
+        begun = claim(*args, **kwargs)
+        claimed_at.append(time.monotonic())
+        return begun
+
+    monkeypatch.setattr(services, "begin_answer", slow_claim)
+    sent = time.monotonic()
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Slow claim?"}))
+    first = await listener.receive_output(TIMEOUT)
+    first_at = time.monotonic()
+    frames = [first.get("bytes") or first.get("text"), *await receive_until_end(listener)]
+
+    [chat] = fake_openai.log["chat"]
+    assert chat["start"] - sent < 0.3  # the LLM was asked before the claim's half second was over
+    assert first_at >= claimed_at[0]  # ... but the listener heard nothing before the claim succeeded
+    assert [f for f in frames if isinstance(f, bytes)] and frames[-1] == "##END##"
+    await settled()
+    answer = await Answer.objects.select_related("question").aget()
+    assert (answer.text, answer.question.status) == (TEXT, Question.Status.ANSWERED)
+
+
+async def test_a_question_someone_else_claimed_closes_the_llm_request_it_started(
+    open_listener, monkeypatch, fake_openai
+):
+    import asyncio
+    import time
+
+    fake_openai.script.first_token_delay = 1.0  # the claim fails while the LLM is still thinking
+    listener = await open_listener()
+    asked = asyncio.Event()
+
+    def taken(*args, **kwargs):
+        time.sleep(0.3)  # long enough for the LLM request to be under way
+        asked.set()
+        return None  # another worker got there first
+
+    monkeypatch.setattr(services, "begin_answer", taken)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Taken?"}))
+    async with asyncio.timeout(TIMEOUT):
+        await asked.wait()
+        while fake_openai.open_streams or not fake_openai.chat_requests:
+            await asyncio.sleep(0.01)
+    assert fake_openai.closed_early == ["chat"]
+    assert fake_openai.speech_requests == []
+    assert await listener.receive_nothing(0.3)

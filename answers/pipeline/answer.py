@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 
 from .chunker import Chunk, SpeechChunker
@@ -193,25 +193,49 @@ class AnswerPipeline:
             return AnswerFailed(failure, written, timings)
         return AnswerDone(written, timings)
 
+    def start(self, request: AnswerRequest) -> Answering:
+        """Start answering now; the events wait in the returned `Answering` until they are read."""
+        events: asyncio.Queue[AnswerEvent] = asyncio.Queue()
+        return Answering(_AnswerRun(self, request, events), events)
+
     async def run(self, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         """Yield the answer's events; the last one is always AnswerDone or AnswerFailed.
 
         Closing the iterator (or cancelling its consumer) cancels generation and synthesis.
         """
-        events: asyncio.Queue[AnswerEvent] = asyncio.Queue()
-        run = _AnswerRun(self, request, events)
-        task = asyncio.create_task(run.produce(), name="answer-pipeline")
+        answering = self.start(request)
         try:
-            while True:
-                event = await events.get()
+            async for event in answering:
                 yield event
-                if isinstance(event, AnswerDone | AnswerFailed):
-                    break
         finally:
-            if not task.done():
-                task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await answering.aclose()
+
+
+class Answering:
+    """One answer in progress: iterate its events (the last is AnswerDone or AnswerFailed); `aclose()`
+    cancels generation and synthesis if they are still running."""
+
+    def __init__(self, run: _AnswerRun, events: asyncio.Queue[AnswerEvent]):
+        self._events = events
+        self._task = asyncio.create_task(run.produce(), name="answer-pipeline")
+        self._ended = False
+
+    def __aiter__(self) -> Answering:
+        return self
+
+    async def __anext__(self) -> AnswerEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        event = await self._events.get()
+        self._ended = isinstance(event, AnswerDone | AnswerFailed)
+        return event
+
+    async def aclose(self) -> None:
+        self._ended = True
+        if not self._task.done():
+            self._task.cancel()
+        # wait, not await: the caller's own cancellation must still reach it.
+        await asyncio.wait({self._task})
 
 
 class _AnswerRun:

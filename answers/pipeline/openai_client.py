@@ -1,6 +1,9 @@
-"""The OpenAI clients of the pipeline run on aiohttp (openai's `DefaultAioHttpClient`): with a hundred
-streams open, httpx's connection pool scans every connection on each request and became the worker's
-largest cost under 50 concurrent answers."""
+"""The pipeline's OpenAI clients.
+
+They run on aiohttp (openai's `DefaultAioHttpClient`): with a hundred streams open, httpx's connection
+pool scans every connection on each request, and that was the worker's largest cost under 50
+concurrent answers. The API modules openai imports lazily are imported here, when the client is built:
+otherwise a process's first answer waited about 300 ms for them."""
 
 from __future__ import annotations
 
@@ -10,4 +13,6 @@ import openai
 
 
 def async_openai(**options: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(http_client=openai.DefaultAioHttpClient(), **options)
+    client = openai.AsyncOpenAI(http_client=openai.DefaultAioHttpClient(), **options)
+    _ = client.chat.completions, client.audio.speech
+    return client

@@ -136,6 +136,8 @@ class FakeOpenAI:
         self.log["chat"].append(record)
         body = await request.json()
         self.chat_requests.append(body)
+        asked = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]
+        record["question"] = asked[-1] if asked else None
         script = self.script
         if script.fail_status and len(self.chat_requests) <= script.fail_first:
             return web.json_response(

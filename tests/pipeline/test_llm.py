@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
+import sys
 import time
 from contextlib import aclosing
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +192,16 @@ async def test_cancelling_the_consumer_mid_answer_closes_the_response_and_leaves
     assert server.closed_early == ["chat"]
     assert await leftover_tasks(before) == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_building_a_client_imports_the_api_modules_openai_would_import_on_the_first_answer():
+    # In a fresh interpreter: openai imports these lazily, which cost a process's first answer ~300 ms.
+    code = (
+        "import sys\n"
+        "from answers.pipeline.openai_client import async_openai\n"
+        "lazy = ('openai.resources.chat.completions.completions', 'openai.resources.audio.speech')\n"
+        "assert not any(name in sys.modules for name in lazy)\n"
+        "async_openai(api_key='k')\n"
+        "assert all(name in sys.modules for name in lazy)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
