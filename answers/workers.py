@@ -117,7 +117,7 @@ class AnswerWorker:
         model = self.pipeline.llm.model
         # Handed what the LLM needs, the answer starts now and the claim runs meanwhile: the database
         # is not on the way to the first word. Nothing is sent to anyone before the claim succeeds.
-        early = _Early.start(self.pipeline, prepared) if prepared else None
+        early = _Early.start(self.pipeline, prepared) if prepared and await self._first_delivery(question_id) else None
         try:
             try:
                 begun = await database_sync_to_async(services.begin_answer)(
@@ -142,6 +142,21 @@ class AnswerWorker:
         finally:
             if early is not None:
                 await early.events.aclose()
+
+    async def _first_delivery(self, question_id: int) -> bool:
+        """False if this question was handed to a worker before. channels-redis can deliver a message
+        twice when several processes read one channel (their receive backup queue is shared,
+        django/channels_redis#163); the database claim decides who answers, and this keeps the other
+        worker from asking the LLM meanwhile."""
+        connection = getattr(self.work_layer, "connection", None)
+        if connection is None:  # the in-memory layer delivers once
+            return True
+        key = f"{self.work_layer.prefix}delivered:{self.channel}:{question_id}"
+        try:
+            return bool(await connection(0).set(key, 1, nx=True, ex=3600))
+        except Exception as exc:
+            logger.warning("could not check whether question %s was delivered before: %s", question_id, exc)
+            return True
 
     async def _answer_stream_queue(self, stream_id: int) -> None:
         model = self.pipeline.llm.model
@@ -249,8 +264,13 @@ class AnswerWorker:
                     elif isinstance(event, ChunkFailed):
                         record.failed(event)
                         await listeners.send(
-                            events.message(events.CHUNK_FAILED, answer_id=answer.pk, seq=event.seq,
-                                           text=event.text, error=event.error),
+                            events.message(
+                                events.CHUNK_FAILED,
+                                answer_id=answer.pk,
+                                seq=event.seq,
+                                text=event.text,
+                                error=event.error,
+                            ),
                             dashboard,
                         )
                     elif isinstance(event, AnswerDone | AnswerFailed):

@@ -92,6 +92,34 @@ async def test_cancel_reaches_the_worker_through_redis(redis_worker, fake_openai
         await listener.disconnect()
 
 
+async def test_a_question_delivered_twice_asks_the_llm_once_and_is_answered_once(redis_worker, fake_openai):
+    from dataclasses import asdict
+
+    from answers import dispatch, services
+    from answers.models import Answer, Question
+    from answers.providers import default_voice
+
+    fake_openai.script.first_token_delay = 0.3
+    stream, _ = await database_sync_to_async(make_stream)()
+    question, chosen = await database_sync_to_async(services.create_live_question)(
+        stream, "Twice?", default_voice(), source=Question.Source.LIVE
+    )
+    prepared = {"question": question.text, "prompt": chosen.prompt_text, "voice": asdict(chosen.voice)}
+    reply = await redis_worker.layer.new_channel()
+    for _ in range(2):  # as channels-redis may redeliver a message to a second reader
+        await dispatch.ask(question.pk, reply, prepared)
+    kinds = []
+    async with asyncio.timeout(TIMEOUT):
+        while not kinds or kinds[-1] not in (events.DONE, events.FAILED):
+            kinds.append((await redis_worker.layer.receive(reply))["type"])
+    assert kinds[-1] == events.DONE
+    assert [body["messages"][-1]["content"] for body in fake_openai.chat_requests] == ["Twice?"]
+    async with asyncio.timeout(TIMEOUT):
+        while redis_worker.answering:
+            await asyncio.sleep(0.01)
+    assert await Answer.objects.filter(question=question).acount() == 1
+
+
 def test_the_sequencer_restores_the_order_an_answer_was_sent_in():
     sent = [events.message(events.AUDIO, answer_id=1, n=n, seq=n // 2, last=n % 2 == 1) for n in range(6)]
     sent.append(events.message(events.DONE, answer_id=1, n=6))
