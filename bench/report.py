@@ -117,7 +117,9 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
         notes = [f"First chunk: “{limit['first_chunk']}” ({limit['first_chunk_tokens']} tokens)."]
         if limit.get("total") is not None:
             notes.append(
-                f"LLM end {_ms(limit['llm_end'])} ms + last chunk's synthesis {_ms(limit['last_chunk_synthesis'])} ms."
+                f"LLM end {_ms(limit['llm_end'])} ms + last chunk's synthesis {_ms(limit['last_chunk_synthesis'])} ms"
+                f" = {_ms(limit['llm_end_plus_last_tts'])} ms; the audio that ends last at the earliest is"
+                f" “{limit['latest_chunk']}”, at {_ms(limit['total'])} ms."
             )
         if "piper_first_chunk_seconds" in limit:
             notes.append(f"Piper alone takes {_ms(limit['piper_first_chunk_seconds'])} ms to the first chunk's MP3.")
@@ -163,8 +165,10 @@ METHOD = """## Method
   stream. A warm-up answer precedes every measurement.
 - **Physical limit** of the first audio: the LLM's first-token delay + the time to write the first
   chunk's tokens + the TTS first-byte delay, from the script and the first chunk actually spoken (for
-  Piper: its own measured time to the first chunk's audio). The bound on the total is the LLM's end +
-  the last chunk's synthesis time.
+  Piper: its own measured time to the first chunk's audio). The total is held to two bounds: the
+  issue's LLM end + the last chunk's synthesis, and the physical one — the latest of every chunk's
+  last token written + its synthesis (the two differ when a long chunk released near the end finishes
+  after the last one).
 - **Naive baseline** (`bench/naive.py`): its own `websockets` server on the same fake, doing it the
   old way — split at every `.!?`, a queue polled every 100 ms, one whole-file TTS call after another,
   everything inside the WebSocket handler (so pings wait for the answer to end)."""

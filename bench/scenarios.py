@@ -90,31 +90,44 @@ def summarize(traces: list[AnswerTrace], meter: dict[str, Any] | None) -> dict[s
     }
 
 
-def first_chunk_tokens(tokens: list[str], caption: str) -> int:
-    """How many tokens the LLM must write before `caption` (the first chunk) is complete."""
-    wanted, text = len(" ".join(caption.split())), ""
-    for count, token in enumerate(tokens, 1):
-        text += token
-        if len(" ".join(text.split())) >= wanted:
-            return count
-    return len(tokens)
+def tokens_to_write(tokens: list[str], captions: list[str]) -> list[int]:
+    """For each chunk, how many tokens the LLM must write before its caption is complete."""
+    counts, text, count = [], "", 0
+    wanted = 0
+    for caption in captions:
+        wanted += len("".join(caption.split()))
+        while len("".join(text.split())) < wanted and count < len(tokens):
+            text += tokens[count]
+            count += 1
+        counts.append(count)
+    return counts
 
 
 def limits(script: dict[str, Any], trace: AnswerTrace, tts_first_byte: float | None = None) -> dict[str, Any]:
     """The physical limit of the first audio (LLM first token + the first chunk's tokens + TTS first byte)
-    and the bound on the total (LLM end + the last chunk's synthesis), for this script and these chunks."""
+    and of the total: every chunk's audio ends at the earliest when its last token is written plus its
+    synthesis. For the last chunk that is the issue's "LLM end + the last chunk's TTS"; an earlier, longer
+    chunk released near the end can finish later, and then it is the limit."""
     tokens = script["tokens"]
     captions = [text for _, _, text in sorted(trace.chunks, key=lambda c: c[1])]
-    k = first_chunk_tokens(tokens, captions[0])
+    counts = tokens_to_write(tokens, captions)
     first_byte = script["tts_first_byte"] if tts_first_byte is None else tts_first_byte
     llm_end = script["first_token_delay"] + (len(tokens) - 1) * script["token_delay"]
+    ends = [
+        script["first_token_delay"] + (count - 1) * script["token_delay"] + synthesis_seconds(script, caption)
+        for count, caption in zip(counts, captions, strict=True)
+    ]
+    ends[-1] = llm_end + synthesis_seconds(script, captions[-1])
+    latest = max(range(len(ends)), key=ends.__getitem__)
     return {
         "first_chunk": captions[0],
-        "first_chunk_tokens": k,
-        "first_audio": script["first_token_delay"] + (k - 1) * script["token_delay"] + first_byte,
+        "first_chunk_tokens": counts[0],
+        "first_audio": script["first_token_delay"] + (counts[0] - 1) * script["token_delay"] + first_byte,
         "llm_end": llm_end,
         "last_chunk_synthesis": synthesis_seconds(script, captions[-1]),
-        "total": llm_end + synthesis_seconds(script, captions[-1]),
+        "llm_end_plus_last_tts": ends[-1],
+        "latest_chunk": captions[latest],
+        "total": ends[latest],
     }
 
 
@@ -199,6 +212,11 @@ async def scenario_one(options: Options) -> dict[str, Any]:
             ),
             target(
                 "total, median ≤ LLM end + last chunk's TTS + 50 ms",
+                result["total"].get("median"),
+                limit["llm_end_plus_last_tts"] + TOTAL_SLACK,
+            ),
+            target(
+                "total, median ≤ latest chunk's last token + its TTS + 50 ms",
                 result["total"].get("median"),
                 limit["total"] + TOTAL_SLACK,
             ),
