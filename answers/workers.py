@@ -117,7 +117,9 @@ class AnswerWorker:
         model = self.pipeline.llm.model
         # Handed what the LLM needs, the answer starts now and the claim runs meanwhile: the database
         # is not on the way to the first word. Nothing is sent to anyone before the claim succeeds.
-        early = _Early.start(self.pipeline, prepared) if prepared and await self._first_delivery(question_id) else None
+        early = None
+        if prepared and await self._first_delivery(question_id):
+            early = _StartedAnswer.start(self.pipeline, prepared)
         try:
             try:
                 begun = await database_sync_to_async(services.begin_answer)(
@@ -138,7 +140,7 @@ class AnswerWorker:
                 await self._answer(answer, chosen, reply_channel)
             else:
                 taken, early = early, None
-                await self._answer(answer, chosen, reply_channel, early=taken)
+                await self._answer(answer, chosen, reply_channel, running=taken)
         finally:
             if early is not None:
                 await early.events.aclose()
@@ -201,13 +203,13 @@ class AnswerWorker:
         chosen: services.AnswerSettings,
         reply_channel: str | None,
         pipeline: AnswerPipeline | None = None,
-        early: _Early | None = None,
+        running: _StartedAnswer | None = None,
     ) -> None:
         question = answer.question
         if answer.status == Answer.Status.HELD:
             work = self._write_for_review(answer, chosen)
         else:
-            work = self._run_answer(answer, chosen, reply_channel, pipeline or self.pipeline, early)
+            work = self._run_answer(answer, chosen, reply_channel, pipeline or self.pipeline, running)
         task = asyncio.create_task(work, name=f"answer-{question.pk}")
         self.answering[question.pk] = task
         try:
@@ -229,7 +231,7 @@ class AnswerWorker:
         chosen: services.AnswerSettings,
         reply_channel: str | None,
         pipeline: AnswerPipeline,
-        early: _Early | None = None,
+        running: _StartedAnswer | None = None,
     ) -> None:
         question = answer.question
         stream = question.stream
@@ -239,14 +241,14 @@ class AnswerWorker:
         ids = {"answer_id": answer.pk, "question_id": question.pk}
         await listeners.send(events.message(events.STARTED, worker=self.own_channel, **ids), dashboard)
 
-        if early is None:
+        if running is None:
             request = AnswerRequest(LLMRequest(question=question.text, system_prompt=chosen.prompt_text), chosen.voice)
-            early = _Early(pipeline.start(request), chosen)
+            running = _StartedAnswer(pipeline.start(request), chosen)
         record = _AnswerRecord()
         final: dict[str, Any] | None = None
-        started = early.started
+        started = running.started
         try:
-            async with aclosing(early.events) as answer_events:
+            async with aclosing(running.events) as answer_events:
                 async for event in answer_events:
                     if isinstance(event, ChunkReady):
                         record.chunk(event)
@@ -364,8 +366,8 @@ class AnswerWorker:
         await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=stream_id), self.work_layer)
 
 
-class _Early:
-    """An answer's pipeline, started: its events wait in it until they are read."""
+class _StartedAnswer:
+    """An answer's pipeline, running: its events wait in it until they are read."""
 
     def __init__(self, answering: Answering, chosen: services.AnswerSettings):
         self.events = answering
@@ -373,7 +375,7 @@ class _Early:
         self.started = time.monotonic()
 
     @classmethod
-    def start(cls, pipeline: AnswerPipeline, prepared: dict[str, Any]) -> _Early:
+    def start(cls, pipeline: AnswerPipeline, prepared: dict[str, Any]) -> _StartedAnswer:
         chosen = services.AnswerSettings(prepared["prompt"], Voice(**prepared["voice"]))
         llm = LLMRequest(question=prepared["question"], system_prompt=chosen.prompt_text)
         return cls(pipeline.start(AnswerRequest(llm, chosen.voice)), chosen)
