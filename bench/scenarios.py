@@ -135,6 +135,14 @@ def target(name: str, value: float | None, bound: float) -> dict[str, Any]:
     return {"name": name, "value": value, "bound": bound, "pass": value is not None and value <= bound}
 
 
+def listening_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a listener of one answer at a time is promised: quick pings and no audible stall."""
+    return [
+        target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
+        target("no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"), AUDIBLE_STALL),
+    ]
+
+
 # --- Running ------------------------------------------------------------------------------------
 
 
@@ -220,10 +228,7 @@ async def scenario_one(options: Options) -> dict[str, Any]:
                 result["total"].get("median"),
                 limit["total"] + TOTAL_SLACK,
             ),
-            target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
-            target(
-                "no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"), AUDIBLE_STALL
-            ),
+            *listening_targets(result),
         ],
         "timeline": timeline_data(shown, fake_log),
     }
@@ -422,7 +427,9 @@ async def scenario_offline(options: Options) -> dict[str, Any]:
         traces, meter = await measured(liveqa.server_pids(), lambda: ask_in_turn(liveqa.answer_url, reps, "offline"))
     result = summarize(traces, meter)
     limit = limits(STANDARD_SCRIPT, next(t for t in traces if t.ok), tts_first_byte=first_byte)
-    limit["total"] = limit["last_chunk_synthesis"] = None  # Piper's pace is not scripted
+    # Piper's pace is not scripted: no bound on the total.
+    for key in ("total", "last_chunk_synthesis", "llm_end_plus_last_tts", "latest_chunk"):
+        limit[key] = None
     limit["piper_first_chunk_seconds"] = first_byte
     return {
         "available": True,
@@ -434,10 +441,7 @@ async def scenario_offline(options: Options) -> dict[str, Any]:
                 result["first_audio"].get("median"),
                 limit["first_audio"] + FIRST_AUDIO_SLACK_ONE,
             ),
-            target("ping during an answer, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
-            target(
-                "no audible stall: worst answer's total stall ≤ 20 ms", result["stall_total"].get("max"), AUDIBLE_STALL
-            ),
+            *listening_targets(result),
         ],
     }
 
