@@ -143,7 +143,9 @@ class OpenAIChatLLM(LLM):
             max_retries=0,  # retried here, only before the first token
             timeout=httpx.Timeout(
                 connect=self.timeouts.connect,
-                read=max(self.timeouts.first_token, self.timeouts.idle),
+                # A backstop: the first-token and idle timers above it must fire first, or a stall is
+                # reported as a broken stream when the two deadlines coincide.
+                read=max(self.timeouts.first_token, self.timeouts.idle) + 1.0,
                 write=self.timeouts.connect,
                 pool=self.timeouts.connect,
             ),
