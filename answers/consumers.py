@@ -19,10 +19,14 @@ from django.db import DatabaseError
 
 from . import dispatch, events, protocol, services
 from .auth import key_from_scope
+from .group_commit import GroupCommit
 from .models import Question, Stream
 from .providers import default_voice, known_voices
 
 logger = logging.getLogger(__name__)
+
+# Questions asked at the same moment on this process's connections are stored in one transaction.
+live_questions = GroupCommit(lambda asks: services.create_live_questions(asks, default_voice()))
 
 END = "##END##"
 PONG = "pong"
@@ -221,13 +225,8 @@ class LiveAnswerConsumer(ListenerConsumer):
     async def ask(self, request: protocol.Ask) -> None:
         assert self.stream is not None
         try:
-            question, chosen = await database_sync_to_async(services.create_live_question)(
-                self.stream,
-                request.question,
-                default_voice(),
-                source=Question.Source.LIVE,
-                prompt_override=request.prompt,
-                voice_override=request.voice_override,
+            question, chosen = await live_questions.submit(
+                services.LiveAsk(self.stream, request.question, request.prompt, request.voice_override)
             )
         except DatabaseError:
             logger.exception("could not store a question")

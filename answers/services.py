@@ -53,16 +53,36 @@ def create_question(
     )
 
 
-def create_live_question(
-    stream: Stream, text: str, default_voice: Voice, **fields: Any
-) -> tuple[Question, AnswerSettings]:
-    """Store an approved question and resolve the prompt and voice it will be answered with, in one
-    trip to the database thread: a worker handed both starts the LLM while it claims the question."""
-    question = create_question(stream, text, approved=True, **fields)
-    fresh = Question.objects.select_related(
-        "stream__default_prompt", "stream__default_voice", "prompt", "voice"
-    ).get(pk=question.pk)
-    return question, answer_settings(fresh, default_voice)
+@dataclass(frozen=True)
+class LiveAsk:
+    """A question asked over /live/answer, with the asker's own prompt and voice choices."""
+
+    stream: Stream
+    text: str
+    prompt_override: str = ""
+    voice_override: dict[str, Any] | None = None
+
+
+def create_live_questions(asks: list[LiveAsk], default_voice: Voice) -> list[tuple[Question, AnswerSettings]]:
+    """Store approved /live/answer questions in one transaction and resolve the prompt and voice each
+    will be answered with (a worker handed both starts the LLM while it claims the question). Questions
+    that arrive together cost one commit: on PostgreSQL a commit waits for the disk."""
+    with transaction.atomic():
+        created = [
+            create_question(
+                ask.stream,
+                ask.text,
+                source=Question.Source.LIVE,
+                approved=True,
+                prompt_override=ask.prompt_override,
+                voice_override=ask.voice_override,
+            )
+            for ask in asks
+        ]
+        fresh = Question.objects.select_related(
+            "stream__default_prompt", "stream__default_voice", "prompt", "voice"
+        ).in_bulk([question.pk for question in created])
+        return [(question, answer_settings(fresh[question.pk], default_voice)) for question in created]
 
 
 def claim_question(question_id: int, worker: str) -> Question | None:

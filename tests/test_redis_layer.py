@@ -96,13 +96,13 @@ async def test_a_question_delivered_twice_asks_the_llm_once_and_is_answered_once
     from dataclasses import asdict
 
     from answers import dispatch, services
-    from answers.models import Answer, Question
+    from answers.models import Answer
     from answers.providers import default_voice
 
     fake_openai.script.first_token_delay = 0.3
     stream, _ = await database_sync_to_async(make_stream)()
-    question, chosen = await database_sync_to_async(services.create_live_question)(
-        stream, "Twice?", default_voice(), source=Question.Source.LIVE
+    [(question, chosen)] = await database_sync_to_async(services.create_live_questions)(
+        [services.LiveAsk(stream, "Twice?")], default_voice()
     )
     prepared = {"question": question.text, "prompt": chosen.prompt_text, "voice": asdict(chosen.voice)}
     reply = await redis_worker.layer.new_channel()
