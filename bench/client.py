@@ -101,10 +101,18 @@ async def hello(socket: websockets.ClientConnection) -> None:
         raise RuntimeError(f"server did not switch to protocol 2: {reply}")
 
 
-async def ask(url: str, question: str, *, ping_every: float | None = 0.05, limit: float = 60.0) -> AnswerTrace:
+async def ask(
+    url: str,
+    question: str,
+    *,
+    ping_every: float | None = 0.05,
+    limit: float = 60.0,
+    together: asyncio.Barrier | None = None,
+) -> AnswerTrace:
     """Ask one question on a fresh connection; ping every `ping_every` seconds until the answer ends.
     Pongs still owed then are waited for (a server that answers pings only after the answer, like the
-    naive baseline, gets those long round trips counted)."""
+    naive baseline, gets those long round trips counted). With `together`, the question is sent once
+    every connection of the barrier is open, so that the questions, not the handshakes, are concurrent."""
     trace = AnswerTrace()
     reader = _Reader(trace)
     pings_sent: collections.deque[float] = collections.deque()
@@ -118,6 +126,8 @@ async def ask(url: str, question: str, *, ping_every: float | None = 0.05, limit
 
     async with asyncio.timeout(limit), websockets.connect(url, max_size=None, max_queue=None) as socket:
         await hello(socket)
+        if together is not None:
+            await together.wait()
         trace.sent = time.monotonic()
         await socket.send(json.dumps({"type": "question", "question": question}))
         async with asyncio.TaskGroup() as tasks:

@@ -165,10 +165,15 @@ async def measured(
 
 
 async def ask_many(url: str, count: int, label: str, *, pinging: int) -> list[AnswerTrace]:
-    """`count` questions at once, each on its own connection; the first `pinging` of them ping."""
+    """`count` questions at once, each on its own connection, sent when all of them are open; the first
+    `pinging` of them ping."""
+    together = asyncio.Barrier(count)
     return list(
         await asyncio.gather(
-            *(ask(url, f"{label} question {i}?", ping_every=PING_EVERY if i < pinging else None) for i in range(count))
+            *(
+                ask(url, f"{label} question {i}?", ping_every=PING_EVERY if i < pinging else None, together=together)
+                for i in range(count)
+            )
         )
     )
 
