@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import openai
@@ -199,26 +200,30 @@ class OpenAIChatLLM(LLM):
         finally:
             await stream.close()
 
-    async def _open(self, request: LLMRequest) -> openai.AsyncStream:
+    async def _open(self, request: LLMRequest) -> openai.AsyncStream[Any]:
+        """Open a streamed chat completion whose events arrive as the server's JSON, not as models.
+
+        `chat.completions.create` builds a ChatCompletionChunk for every token, about 0.15 ms of CPU
+        each: with 50 answers streaming that was a worker's largest cost after the HTTP client. Posted
+        with `cast_to=object`, the client still sends, authenticates, decodes the events and raises
+        openai's errors (a server's `error` event too); only that construction is skipped."""
+        body: dict[str, Any] = {"model": request.model or self.model, "messages": request.messages(), "stream": True}
         max_tokens = request.max_tokens or self.max_tokens
-        temperature = request.temperature if request.temperature is not None else self.temperature
-        extra: dict[str, object] = {}
         if max_tokens:
-            extra["max_tokens"] = max_tokens
+            body["max_tokens"] = max_tokens
+        temperature = request.temperature if request.temperature is not None else self.temperature
         if temperature is not None:
-            extra["temperature"] = temperature
-        return await self.client.chat.completions.create(
-            model=request.model or self.model,
-            messages=request.messages(),  # type: ignore[arg-type]
-            stream=True,
-            **extra,  # type: ignore[arg-type]
+            body["temperature"] = temperature
+        return await self.client.post(
+            "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[Any]
         )
 
     @staticmethod
-    async def _tokens(stream: openai.AsyncStream) -> AsyncIterator[str]:
+    async def _tokens(stream: openai.AsyncStream[Any]) -> AsyncIterator[str]:
         async for event in stream:
-            if event.choices and event.choices[0].delta and event.choices[0].delta.content:
-                yield event.choices[0].delta.content
+            choices = event.get("choices") if isinstance(event, dict) else None
+            if choices and (text := (choices[0].get("delta") or {}).get("content")):
+                yield text
 
     async def aclose(self) -> None:
         await self.client.close()

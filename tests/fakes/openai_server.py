@@ -64,6 +64,8 @@ class Script:
     fail_first: int = 0
     stall_after: int | None = None  # send this many tokens, then go silent
     break_after: int | None = None  # send this many tokens, then cut the connection
+    error_after: int | None = None  # send this many tokens, then an `error` event (a server overloaded mid-answer)
+    empty_events: bool = False  # every token preceded by an event with no choices (as some servers send)
     # Speech endpoint.
     tts_first_byte: float = 0.0
     tts_per_char: float = 0.0
@@ -155,6 +157,12 @@ class FakeOpenAI:
                     assert request.transport is not None
                     request.transport.abort()
                     return response
+                if script.error_after is not None and i == script.error_after:
+                    await response.write(_sse({"error": {"message": "overloaded", "type": "server_error"}}))
+                    await response.write_eof()
+                    return response
+                if script.empty_events:
+                    await response.write(_sse({**_delta(body, None), "choices": []}))
                 await response.write(_sse(_delta(body, token)))
                 record["tokens"].append(time.monotonic())
             await response.write(_sse(_delta(body, None)) + b"data: [DONE]\n\n")

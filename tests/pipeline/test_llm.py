@@ -149,6 +149,20 @@ async def test_broken_stream_after_the_first_token_raises_stream_broken_without_
     assert len(server.chat_requests) == 1
 
 
+async def test_an_error_event_after_the_first_token_raises_stream_broken_without_retrying(server, make_llm):
+    server.script = Script(tokens=TOKENS, error_after=5)
+    received: list[str] = []
+    failure = await failure_of(make_llm(retries=2), received)
+    assert failure.reason == "stream_broken" and "overloaded" in failure.detail
+    assert received == TOKENS[:5]
+    assert len(server.chat_requests) == 1
+
+
+async def test_events_without_choices_or_content_are_skipped(server, make_llm):
+    server.script = Script(tokens=TOKENS, empty_events=True)
+    assert await tokens_of(make_llm()) == TOKENS
+
+
 async def test_closing_the_stream_mid_answer_closes_the_response_at_once(server, make_llm, caplog):
     server.script = Script(tokens=TOKENS, token_delay=0.02)
     stream = make_llm().stream(REQUEST)
