@@ -365,6 +365,8 @@ def _is_cjk(c: str) -> bool:
 
 
 def _weight(text: str) -> int:
+    if text.isascii():  # most text, and it is measured again at every token
+        return len(text)
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
@@ -388,10 +390,12 @@ def _language(text: str) -> str:
 
 def _is_emoji(c: str) -> bool:
     code = ord(c)
-    return any(low <= code <= high for low, high in _EMOJI_RANGES)
+    return code >= 0x200D and any(low <= code <= high for low, high in _EMOJI_RANGES)
 
 
 def _strip_emoji(text: str) -> str:
+    if text.isascii():
+        return text
     return "".join(c for c in text if not _is_emoji(c))
 
 
