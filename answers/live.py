@@ -34,6 +34,8 @@ class OverlayConsumer(ListenerConsumer):
         if self.stream is None:
             await self.close()  # before accept: the handshake is refused with 403
             return
+        self.partial_key: tuple[int, int] | None = None  # the chunk whose audio is being gathered
+        self.partial = bytearray()
         await self.channel_layer.group_add(self.stream.overlay_group, self.channel_name)
         await self.accept(subprotocol)
 
@@ -46,6 +48,18 @@ class OverlayConsumer(ListenerConsumer):
             await self.send_json({"type": "pong"})
 
     answer_replay = ListenerConsumer.forward
+
+    async def answer_audio(self, message: dict[str, Any]) -> None:
+        """A chunk's audio, sent whole: one event and one frame per chunk. The overlay decodes a chunk
+        only once all of it is here (overlay.js); workers already send overlays whole chunks, in slices
+        under the channel layer's message limit, and those slices are joined here."""
+        key = (message["answer_id"], message["seq"])
+        if key != self.partial_key:  # a new chunk; a failed one's unfinished audio is dropped
+            self.partial_key, self.partial = key, bytearray()
+        self.partial += message["data"]
+        if message["last"]:
+            whole, self.partial_key, self.partial = bytes(self.partial), None, bytearray()
+            await super().answer_audio({**message, "data": whole})
 
     async def ignore(self, message: dict[str, Any]) -> None:
         pass

@@ -125,6 +125,11 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
             notes.append(f"Piper alone takes {_ms(limit['piper_first_chunk_seconds'])} ms to the first chunk's MP3.")
         if ratio := scenario.get("synthesis_to_audio"):
             notes.append(f"Synthesis time / audio duration: median {ratio['median']:.2f}, max {ratio['max']:.2f}.")
+        if limit.get("whole_first_chunk"):
+            notes.append(
+                "The overlay receives and decodes each chunk whole, so its limit is the first chunk's last byte"
+                " of speech, not its first."
+            )
         if "fanout_added_p95" in scenario:
             added = _ms(scenario["fanout_added_p95"])
             notes.append(f"Fan-out adds {added} ms (p95 with all overlays − median with one).")

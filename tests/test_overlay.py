@@ -15,7 +15,7 @@ from answers import events
 from answers.models import Question
 from liveqa.asgi import application
 from tests.channels_helpers import TIMEOUT
-from tests.fakes.openai_server import fake_audio
+from tests.fakes.openai_server import fake_audio, split_tokens
 from tests.moderation_helpers import make_answer, make_stream_with_token, make_user, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,3 +112,28 @@ async def test_the_overlay_answers_ping_and_leaves_its_group_on_disconnect(db):
     assert layer.groups.get(stream.overlay_group)
     await overlay.disconnect()
     assert not layer.groups.get(stream.overlay_group)
+
+
+async def test_streamed_audio_reaches_the_overlay_whole_one_frame_per_chunk(embedded_worker, fake_openai):
+    """The overlay decodes a chunk once all of it is here: the pieces a speech server streams are sent
+    as one frame, and an unfinished chunk's pieces are never glued to the next chunk."""
+    fake_openai.script.tokens = split_tokens("The first sentence is here. The second is broken. The third plays.")
+    fake_openai.script.tts_pieces = 3
+    fake_openai.script.tts_break_on = ["broken"]  # that chunk's speech breaks after its first piece
+    stream, key, _ = await database_sync_to_async(make_stream_with_token)()
+    overlay, dashboard = await overlay_and_staff_dashboard(stream, key)
+    question = await Question.objects.acreate(stream=stream, text="What is pi?", source="ask")
+    await dashboard.send_json_to({"action": "approve", "id": question.pk})
+
+    frames = await frames_until(overlay, events.DONE, events.FAILED)
+    await dashboard.disconnect()
+    await overlay.disconnect()
+    chunks = {f["seq"]: f["text"] for f in frames if isinstance(f, dict) and f["type"] == events.CHUNK}
+    failed = {f["seq"] for f in frames if isinstance(f, dict) and f["type"] == events.CHUNK_FAILED}
+    assert failed == {seq for seq, text in chunks.items() if "broken" in text} and len(chunks) > len(failed) > 0
+    spoken = [seq for seq in sorted(chunks) if seq not in failed]
+    audio = [(frames[i - 1], f) for i, f in enumerate(frames) if isinstance(f, bytes)]
+    assert [(event["seq"], event["last"], event["size"]) for event, _ in audio] == [
+        (seq, True, len(fake_audio(chunks[seq]))) for seq in spoken
+    ]
+    assert [data for _, data in audio] == [fake_audio(chunks[seq]) for seq in spoken]
