@@ -69,15 +69,21 @@ async def overlay_and_staff_dashboard(stream, key):
     return overlay, dashboard
 
 
-async def test_the_overlay_hears_an_approved_answer_with_its_audio_in_order(embedded_worker, fake_openai):
+async def approved_answer_on_the_overlay() -> list[Any]:
+    """What a stream's overlay receives for a question a moderator approves, up to the answer's end."""
     stream, key, _ = await database_sync_to_async(make_stream_with_token)()
     overlay, dashboard = await overlay_and_staff_dashboard(stream, key)
     question = await Question.objects.acreate(stream=stream, text="What is pi?", source="ask")
     await dashboard.send_json_to({"action": "approve", "id": question.pk})
+    try:
+        return await frames_until(overlay, events.DONE, events.FAILED)
+    finally:
+        await dashboard.disconnect()
+        await overlay.disconnect()
 
-    frames = await frames_until(overlay, events.DONE, events.FAILED)
-    await dashboard.disconnect()
-    await overlay.disconnect()
+
+async def test_the_overlay_hears_an_approved_answer_with_its_audio_in_order(embedded_worker, fake_openai):
+    frames = await approved_answer_on_the_overlay()
     assert frames[0]["type"] == events.STARTED and frames[-1]["type"] == events.DONE
     chunks = [f for f in frames if isinstance(f, dict) and f["type"] == events.CHUNK]
     audio = [f for f in frames if isinstance(f, bytes)]
@@ -120,14 +126,7 @@ async def test_streamed_audio_reaches_the_overlay_whole_one_frame_per_chunk(embe
     fake_openai.script.tokens = split_tokens("The first sentence is here. The second is broken. The third plays.")
     fake_openai.script.tts_pieces = 3
     fake_openai.script.tts_break_on = ["broken"]  # that chunk's speech breaks after its first piece
-    stream, key, _ = await database_sync_to_async(make_stream_with_token)()
-    overlay, dashboard = await overlay_and_staff_dashboard(stream, key)
-    question = await Question.objects.acreate(stream=stream, text="What is pi?", source="ask")
-    await dashboard.send_json_to({"action": "approve", "id": question.pk})
-
-    frames = await frames_until(overlay, events.DONE, events.FAILED)
-    await dashboard.disconnect()
-    await overlay.disconnect()
+    frames = await approved_answer_on_the_overlay()
     chunks = {f["seq"]: f["text"] for f in frames if isinstance(f, dict) and f["type"] == events.CHUNK}
     failed = {f["seq"] for f in frames if isinstance(f, dict) and f["type"] == events.CHUNK_FAILED}
     assert failed == {seq for seq, text in chunks.items() if "broken" in text} and len(chunks) > len(failed) > 0
