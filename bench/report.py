@@ -167,7 +167,8 @@ METHOD = """## Method
 - **Clients**: `websockets` connections speaking protocol 2 on `/live/answer`, pinging every 50 ms
   while answered (the per-connection rate limit is raised for this); overlays on
   `/ws/overlay/<slug>/` fed by questions posted to `/api/streams/<slug>/questions` on an auto-approving
-  stream. A warm-up answer precedes every measurement.
+  stream. Concurrent questions are sent once all their connections are open. A warm-up answer
+  precedes every measurement.
 - **Physical limit** of the first audio: the LLM's first-token delay + the time to write the first
   chunk's tokens + the TTS first-byte delay, from the script and the first chunk actually spoken (for
   Piper: its own measured time to the first chunk's audio). The total is held to two bounds: the
