@@ -51,8 +51,8 @@ class OverlayConsumer(ListenerConsumer):
 
     async def answer_audio(self, message: dict[str, Any]) -> None:
         """A chunk's audio, sent whole: one event and one frame per chunk. The overlay decodes a chunk
-        only once all of it is here (overlay.js); workers already send overlays whole chunks, in slices
-        under the channel layer's message limit, and those slices are joined here."""
+        only once all of it is here (overlay.js), so the pieces a speech server streams are gathered here
+        until the chunk's last one."""
         key = (message["answer_id"], message["seq"])
         if key != self.partial_key:  # a new chunk; a failed one's unfinished audio is dropped
             self.partial_key, self.partial = key, bytearray()
