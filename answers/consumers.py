@@ -109,10 +109,9 @@ class ListenerConsumer(AsyncWebsocketConsumer):
                 await self.send(bytes_data=message["data"])
             return
         # Protocol 1: whole chunks, as its clients decode each binary frame on its own.
-        self.chunk_audio.extend(message["data"])
-        if message["last"] and self.chunk_audio:
-            await self.send(bytes_data=bytes(self.chunk_audio))
-            self.chunk_audio.clear()
+        whole = self.whole_chunks.add(message)
+        if whole:
+            await self.send(bytes_data=whole)
 
     async def answer_done(self, message: dict[str, Any]) -> None:
         if self.answer_event(message):
@@ -131,7 +130,7 @@ class ListenerConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=END)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.chunk_audio = bytearray()
+        self.whole_chunks = events.WholeChunks()
         self.sequencers: dict[int, events.Sequencer] = {}
         await super().websocket_connect(message)
 
@@ -290,7 +289,6 @@ class LiveAnswerConsumer(ListenerConsumer):
         self.last_heard = time.monotonic()
         self.worker = message["worker"]
         self.answer_id = message["answer_id"]
-        self.chunk_audio.clear()
         if self.cancel_requested:
             await self.tell_worker_to_cancel()
         await self.forward(message)

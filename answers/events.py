@@ -64,6 +64,26 @@ class Sequencer:
         return message["type"] in (DONE, FAILED)
 
 
+class WholeChunks:
+    """Gathers a chunk's audio pieces until its last one. A chunk whose speech broke off never gets a
+    last piece: its pieces are dropped when the next chunk's begin, never glued to them."""
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, int] | None = None
+        self.data = bytearray()
+
+    def add(self, message: dict[str, Any]) -> bytes | None:
+        """The chunk's whole audio once `message` is its last piece, else None."""
+        key = (message["answer_id"], message["seq"])
+        if key != self.key:
+            self.key, self.data = key, bytearray()
+        self.data += message["data"]
+        if not message["last"]:
+            return None
+        whole, self.key, self.data = bytes(self.data), None, bytearray()
+        return whole
+
+
 def message(type_: str, **fields: Any) -> dict[str, Any]:
     return {"type": type_, **fields}
 

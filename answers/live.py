@@ -6,22 +6,20 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.db import DatabaseError
 
-from . import dispatch, events, moderation, replay, services
+from . import dispatch, events, fanout, moderation, replay, services
 from .auth import key_from_scope
-from .consumers import ListenerConsumer
 from .models import Question, Stream
 from .signals import user_group
 
 logger = logging.getLogger(__name__)
 
 
-class OverlayConsumer(ListenerConsumer):
-    """`/ws/overlay/<slug>/?key=…`: hears every answer spoken on the stream, events and audio."""
-
-    protocol_version = 2
+class OverlayConsumer(AsyncWebsocketConsumer):
+    """`/ws/overlay/<slug>/?key=…`: hears every answer spoken on the stream (protocol-2 events, each
+    chunk's audio whole) through this process's hub of the stream's overlays (answers.fanout)."""
 
     async def connect(self) -> None:
         self.stream: Stream | None = None
@@ -34,37 +32,16 @@ class OverlayConsumer(ListenerConsumer):
         if self.stream is None:
             await self.close()  # before accept: the handshake is refused with 403
             return
-        self.partial_key: tuple[int, int] | None = None  # the chunk whose audio is being gathered
-        self.partial = bytearray()
-        await self.channel_layer.group_add(self.stream.overlay_group, self.channel_name)
         await self.accept(subprotocol)
+        await fanout.join(self.channel_layer, self.stream.overlay_group, self)
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "stream", None) is not None:
-            await self.channel_layer.group_discard(self.stream.overlay_group, self.channel_name)
+            await fanout.leave(self.stream.overlay_group, self)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data and '"ping"' in text_data:
-            await self.send_json({"type": "pong"})
-
-    answer_replay = ListenerConsumer.forward
-
-    async def answer_audio(self, message: dict[str, Any]) -> None:
-        """A chunk's audio, sent whole: one event and one frame per chunk. The overlay decodes a chunk
-        only once all of it is here (overlay.js), so the pieces a speech server streams are gathered here
-        until the chunk's last one."""
-        key = (message["answer_id"], message["seq"])
-        if key != self.partial_key:  # a new chunk; a failed one's unfinished audio is dropped
-            self.partial_key, self.partial = key, bytearray()
-        self.partial += message["data"]
-        if message["last"]:
-            whole, self.partial_key, self.partial = bytes(self.partial), None, bytearray()
-            await super().answer_audio({**message, "data": whole})
-
-    async def ignore(self, message: dict[str, Any]) -> None:
-        pass
-
-    question_updated = answer_held = ignore
+            await self.send(text_data='{"type": "pong"}')
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):

@@ -16,7 +16,7 @@ from answers.models import Answer, Question
 from answers.pipeline.llm import LLMTimeouts
 from liveqa.asgi import application
 from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end, settled
-from tests.fakes.openai_server import split_tokens
+from tests.fakes.openai_server import fake_audio, split_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,6 +97,25 @@ async def test_one_failed_chunk_is_skipped_and_reported_and_the_rest_plays(open_
     answer = await Answer.objects.aget()
     chunk = await answer.chunks.aget(seq=failed[0]["seq"])
     assert chunk.error and not chunk.audio  # its failure is recorded
+
+
+async def test_a_chunk_whose_speech_breaks_midway_is_not_glued_to_the_next_in_the_original_protocol(
+    open_listener, fake_openai
+):
+    """Protocol 1 sends one frame per chunk: the broken chunk's first piece is dropped, and every frame
+    is exactly one whole chunk's audio."""
+    fake_openai.script.tts_pieces = 3
+    fake_openai.script.tts_break_on = ["Second sentence"]  # its speech breaks after the first piece
+    listener = await open_listener()
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Go?"}))
+    frames = await receive_until_end(listener)
+    audio = [f for f in frames if isinstance(f, bytes)]
+    assert audio == [fake_audio("First sentence is here."), fake_audio("Third one closes the answer.")]
+    assert [f for f in frames if isinstance(f, str) and f.startswith("ERROR")] == []
+
+    await settled()
+    chunk = await (await Answer.objects.aget()).chunks.aget(seq=1)
+    assert chunk.error  # its failure is recorded
 
 
 async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(open_listener, monkeypatch):
