@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import events
+from .group_commit import GroupCommit
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +67,25 @@ async def to_workers(message: dict[str, Any]) -> None:
     await get_channel_layer(settings.LIVEQA_WORKERS_LAYER).send(settings.LIVEQA_WORKER_CHANNEL, message)
 
 
+async def _hand_over(questions: list[dict[str, Any]]) -> list[None]:
+    await to_workers(events.questions(questions))
+    return [None] * len(questions)
+
+
+# Questions asked together (a burst stored by one group commit) cross the layer a few to a message: a
+# worker reads one message at a time, a handful of round trips each. Several messages per burst spread
+# it over the workers.
+HAND_OVER_BATCH = 8
+_hand_overs = GroupCommit(_hand_over, max_batch=HAND_OVER_BATCH)
+
+
 async def ask(question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None) -> None:
     """Hand a question to a worker. `prepared` ({question, prompt, voice}) lets the worker start the LLM
     while it claims the question, instead of after."""
     message = events.message(events.QUESTION, question_id=question_id, reply_channel=reply_channel)
     if prepared is not None:
         message["prepared"] = prepared
-    await to_workers(message)
+    await _hand_overs.submit(message)
 
 
 async def kick_stream(stream_id: int) -> None:

@@ -11,6 +11,9 @@ from typing import Any
 
 # Worker-bound.
 QUESTION = "answer.question"  # {question_id, reply_channel, prepared?: {question, prompt, voice}}
+# {questions: [QUESTION, ...]}: handed over together; a worker starts those it has free slots for and
+# sends the others back to the shared channel.
+QUESTIONS = "answer.questions"
 STREAM_NEXT = "stream.next"  # {stream_id}: answer the stream's next approved question, if it is idle
 CANCEL = "answer.cancel"  # {question_id}
 SPEAK = "answer.speak"  # {answer_id}: speak a held answer's text, as a moderator approved it
@@ -86,6 +89,18 @@ class WholeChunks:
 
 def message(type_: str, **fields: Any) -> dict[str, Any]:
     return {"type": type_, **fields}
+
+
+def questions(handed_over: list[dict[str, Any]]) -> dict[str, Any]:
+    """One worker-bound message for questions handed over together (a lone one goes as it is)."""
+    return handed_over[0] if len(handed_over) == 1 else message(QUESTIONS, questions=handed_over)
+
+
+def work_items(worker_message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages a worker-bound message carries: its questions, or itself."""
+    if worker_message.get("type") == QUESTIONS:
+        return list(worker_message["questions"])
+    return [worker_message]
 
 
 def audio_messages(

@@ -1,13 +1,14 @@
-"""Group commit: writes that arrive while the database thread is busy are written together, in one
-trip to it and one transaction, when it is free. A lone write goes at once; a burst of them does not
-queue one commit behind another."""
+"""Group commit: writes that arrive while the database thread (or the channel layer) is busy are written
+together, in one trip to it and one transaction (or one message), when it is free. A lone write goes at
+once; a burst of them does not queue one commit behind another."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -26,16 +27,25 @@ class _Waiting(Generic[Item, Result]):
 
 
 class GroupCommit(Generic[Item, Result]):
-    """`await writer.submit(item)` stores `item` through `write_many` (synchronous: one transaction for
-    the list it is given, one result per item, in order) and returns its result.
+    """`await writer.submit(item)` stores `item` through `write_many` (one transaction, or one message,
+    for the list it is given; one result per item, in order) and returns its result. A synchronous
+    `write_many` runs on the database thread; a coroutine function is awaited. At most `max_batch`
+    items go in one batch.
 
     Whoever holds the lock writes everything submitted so far, its own item included; those who queued
     meanwhile find theirs written when the lock comes to them. No task outlives its writer: the
     caller that writes a batch awaits it (shielded, so a cancelled caller does not drop the others'
     items). If a batch fails, each of its items is written on its own, so one bad item fails alone."""
 
-    def __init__(self, write_many: Callable[[list[Item]], list[Result]]):
-        self.write_many = write_many
+    def __init__(
+        self,
+        write_many: Callable[[list[Item]], list[Result]] | Callable[[list[Item]], Awaitable[list[Result]]],
+        max_batch: int | None = None,
+    ):
+        self.write_many: Callable[[list[Item]], Awaitable[list[Result]]] = (
+            write_many if inspect.iscoroutinefunction(write_many) else database_sync_to_async(write_many)
+        )
+        self.max_batch = max_batch
         # One queue per event loop: a lock belongs to the loop it is first used on.
         self._waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiting[Item, Result]] = (
             weakref.WeakKeyDictionary()
@@ -49,8 +59,9 @@ class GroupCommit(Generic[Item, Result]):
         waiting.items.append(entry)
         try:
             async with waiting.lock:
-                if entry in waiting.items:  # nobody has taken it yet: write it, and all queued with it
-                    batch, waiting.items = waiting.items, []
+                while entry in waiting.items:  # nobody has taken it yet: write it, and all queued with it
+                    size = self.max_batch or len(waiting.items)
+                    batch, waiting.items = waiting.items[:size], waiting.items[size:]
                     await asyncio.shield(self._write(batch))
             # Written, or in the batch of a writer that was cancelled and whose write goes on.
             return await future
@@ -61,7 +72,7 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _write(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
-            results = await database_sync_to_async(self.write_many)([item for item, _ in batch])
+            results = await self.write_many([item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exception=exc)

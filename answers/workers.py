@@ -1,7 +1,8 @@
 """Answer workers: take questions from the channel layer, run the pipeline, send events and audio back.
 
-Each worker runs `concurrency` slots; a slot takes a question from the shared worker channel only when
-it is free, so a busy worker leaves new questions to idle ones. Cancellations reach the worker on its own
+Each worker has `concurrency` slots and reads the shared worker channel only while one is free, so a busy
+worker leaves new questions to idle ones; of questions handed over together, it starts those it has free
+slots for and sends the others back. Cancellations reach the worker on its own
 channel, named in the `answer.started` message. On streams that hold answers for review, a stream question's
 text is written and held; a moderator's `answer.speak` has it spoken later, by any worker.
 """
@@ -63,6 +64,8 @@ class AnswerWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.own_channel = ""
         self.answering: dict[int, asyncio.Task[None]] = {}
+        self.busy = 0  # slots in use
+        self.slot_freed = asyncio.Event()
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -73,8 +76,7 @@ class AnswerWorker:
         self.name = f"{self.name}:{self.own_channel}"
         logger.info("answer worker %s: %d slots on %r", self.name, self.concurrency, self.channel)
         async with asyncio.TaskGroup() as tasks:
-            for slot in range(self.concurrency):
-                tasks.create_task(self._serve_slot(), name=f"answer-slot-{slot}")
+            tasks.create_task(self._take_work(tasks), name="answer-intake")
             tasks.create_task(self._serve_control(), name="answer-control")
             tasks.create_task(self._keep_alive(), name="answer-heartbeat")
             self.ready.set()
@@ -94,22 +96,46 @@ class AnswerWorker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _serve_slot(self) -> None:
+    async def _take_work(self, tasks: asyncio.TaskGroup) -> None:
+        """Read the shared worker channel while a slot is free; each piece of work gets a slot, as a
+        task of `tasks`. Questions that came together beyond the free slots go back to the channel."""
         while True:
-            message = await self._receive(self.work_layer, self.channel)
-            try:
-                if message.get("type") == events.QUESTION:
-                    await self._answer_question(
-                        int(message["question_id"]), message.get("reply_channel") or None, message.get("prepared")
-                    )
-                elif message.get("type") == events.STREAM_NEXT:
-                    await self._answer_stream_queue(int(message["stream_id"]))
-                elif message.get("type") == events.SPEAK:
-                    await self._speak_held_answer(int(message["answer_id"]))
-                else:
-                    logger.warning("worker ignored a message of type %r", message.get("type"))
-            except Exception:
-                logger.exception("worker failed to handle %s", message.get("type"))
+            while self.busy >= self.concurrency:
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+            work = events.work_items(await self._receive(self.work_layer, self.channel))
+            free = self.concurrency - self.busy
+            for message in work[:free]:
+                self._start(tasks, message)
+            if work[free:] and not await self._send(self.channel, events.questions(work[free:]), self.work_layer):
+                for message in work[free:]:  # answered here, over the limit, rather than dropped
+                    self._start(tasks, message)
+
+    def _start(self, tasks: asyncio.TaskGroup, message: dict[str, Any]) -> None:
+        self.busy += 1
+        tasks.create_task(self._in_slot(message), name=f"answer-slot-{message.get('type')}")
+
+    async def _in_slot(self, message: dict[str, Any]) -> None:
+        try:
+            await self._handle(message)
+        finally:
+            self.busy -= 1
+            self.slot_freed.set()
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        try:
+            if message.get("type") == events.QUESTION:
+                await self._answer_question(
+                    int(message["question_id"]), message.get("reply_channel") or None, message.get("prepared")
+                )
+            elif message.get("type") == events.STREAM_NEXT:
+                await self._answer_stream_queue(int(message["stream_id"]))
+            elif message.get("type") == events.SPEAK:
+                await self._speak_held_answer(int(message["answer_id"]))
+            else:
+                logger.warning("worker ignored a message of type %r", message.get("type"))
+        except Exception:
+            logger.exception("worker failed to handle %s", message.get("type"))
 
     async def _answer_question(
         self, question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None
@@ -355,11 +381,13 @@ class AnswerWorker:
         except Exception:
             logger.exception("could not record answer %s", answer_id)
 
-    async def _send(self, channel: str, message: dict[str, Any], layer: BaseChannelLayer | None = None) -> None:
+    async def _send(self, channel: str, message: dict[str, Any], layer: BaseChannelLayer | None = None) -> bool:
         try:
             await (layer or self.layer).send(channel, message)
         except Exception as exc:
             logger.warning("could not send %s to %s: %s", message.get("type"), channel, exc)
+            return False
+        return True
 
     async def _kick(self, stream_id: int) -> None:
         """Let a worker (this one or another) answer the stream's next question."""

@@ -99,6 +99,23 @@ async def test_a_writer_cancelled_mid_write_still_hands_the_others_their_results
     assert recorder.batches == [["first"], ["second"]]  # the cancelled caller's item was written anyway
 
 
+async def test_a_burst_goes_in_batches_of_at_most_max_batch_through_a_coroutine():
+    batches: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def send_many(items: list[int]) -> list[int]:
+        batches.append(items)
+        await gate.wait()
+        return [item * 10 for item in items]
+
+    writer = GroupCommit(send_many, max_batch=3)
+    tasks = [asyncio.create_task(writer.submit(i)) for i in range(8)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT) == [i * 10 for i in range(8)]
+    assert batches == [[0], [1, 2, 3], [4, 5, 6], [7]]
+
+
 @pytest.mark.db_matters
 async def test_questions_stored_together_each_get_their_own_prompt_and_voice():
     stream, _ = await database_sync_to_async(make_stream)()

@@ -16,7 +16,7 @@ from answers import events
 from answers.workers import AnswerWorker
 from liveqa.asgi import application
 from liveqa.settings import redis_channel_layers
-from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end
+from tests.channels_helpers import TIMEOUT, make_stream, receive_events_until, receive_until_end, settled
 from tests.fakes.openai_server import fake_audio
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -136,3 +136,52 @@ def test_the_sequencer_gives_up_on_a_lost_message_at_the_end_of_the_answer():
     assert sequencer.push(events.message(events.CHUNK, answer_id=1, n=2)) == []  # n=1 was dropped
     done = sequencer.push(events.message(events.DONE, answer_id=1, n=3))
     assert [m["n"] for m in done] == [2, 3]
+
+
+async def test_questions_handed_over_together_beyond_a_workers_free_slots_go_to_another_worker(
+    redis_layer, make_pipeline, fake_openai
+):
+    """One message carries four questions; the worker that reads it has two slots: it answers two and
+    sends two back to the shared channel, where the other worker takes them."""
+    from answers import services
+    from answers.models import Answer
+    from answers.providers import default_voice
+
+    fake_openai.script.first_token_delay = 0.3  # the first worker stays busy while the others are read
+    stream, _ = await database_sync_to_async(make_stream)()
+    asked = await database_sync_to_async(services.create_live_questions)(
+        [services.LiveAsk(stream, f"Question {i}?") for i in range(4)], default_voice()
+    )
+    reply = await redis_layer.new_channel()
+    batch = events.questions(
+        [events.message(events.QUESTION, question_id=question.pk, reply_channel=reply) for question, _ in asked]
+    )
+    first = AnswerWorker(make_pipeline(), channel_layer=redis_layer, concurrency=2)
+    second = AnswerWorker(make_pipeline(), channel_layer=redis_layer, concurrency=2)
+    first_task = asyncio.create_task(first.run())
+    second_task = None
+
+    try:
+        await asyncio.wait_for(first.ready.wait(), TIMEOUT)
+        await first.work_layer.send(first.channel, batch)  # the list-based layer that questions cross
+        async with asyncio.timeout(TIMEOUT):
+            while first.busy < 2:
+                await asyncio.sleep(0.01)
+        second_task = asyncio.create_task(second.run())
+        ended = 0
+        async with asyncio.timeout(TIMEOUT):
+            while ended < 4:
+                ended += (await redis_layer.receive(reply))["type"] in (events.DONE, events.FAILED)
+        await settled()  # listeners hear the end before the answer is recorded
+        answers = [
+            answer async for answer in Answer.objects.filter(status=Answer.Status.DONE).select_related("question")
+        ]
+        assert sorted(a.question_id for a in answers) == sorted(question.pk for question, _ in asked)
+        workers = [a.question.worker for a in answers]
+        assert workers.count(first.name) == 2 and workers.count(second.name) == 2
+    finally:
+        running = [task for task in (first_task, second_task) if task is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running, timeout=TIMEOUT)
+        await first.work_layer.flush()
