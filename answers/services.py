@@ -38,9 +38,35 @@ def create_question(
     prompt_override: str = "",
     voice_override: dict[str, Any] | None = None,
 ) -> Question:
+    question = new_question(
+        stream,
+        text,
+        source=source,
+        viewer_name=viewer_name,
+        viewer_ip=viewer_ip,
+        approved=approved,
+        prompt_override=prompt_override,
+        voice_override=voice_override,
+    )
+    question.save()
+    return question
+
+
+def new_question(
+    stream: Stream,
+    text: str,
+    *,
+    source: str,
+    viewer_name: str = "",
+    viewer_ip: str | None = None,
+    approved: bool | None = None,
+    prompt_override: str = "",
+    voice_override: dict[str, Any] | None = None,
+) -> Question:
+    """A question not yet saved; approved as the stream's auto-approval says unless told."""
     if approved is None:
         approved = stream.auto_approve
-    return Question.objects.create(
+    return Question(
         stream=stream,
         text=text,
         source=source,
@@ -66,19 +92,21 @@ class LiveAsk:
 def create_live_questions(asks: list[LiveAsk], default_voice: Voice) -> list[tuple[Question, AnswerSettings]]:
     """Store approved /live/answer questions in one transaction and resolve the prompt and voice each
     will be answered with (a worker handed both starts the LLM while it claims the question). Questions
-    that arrive together cost one commit: on PostgreSQL a commit waits for the disk."""
+    that arrive together cost one commit (on PostgreSQL a commit waits for the disk) and one insert."""
     with transaction.atomic():
-        created = [
-            create_question(
-                ask.stream,
-                ask.text,
-                source=Question.Source.LIVE,
-                approved=True,
-                prompt_override=ask.prompt_override,
-                voice_override=ask.voice_override,
-            )
-            for ask in asks
-        ]
+        created = Question.objects.bulk_create(
+            [
+                new_question(
+                    ask.stream,
+                    ask.text,
+                    source=Question.Source.LIVE,
+                    approved=True,
+                    prompt_override=ask.prompt_override,
+                    voice_override=ask.voice_override,
+                )
+                for ask in asks
+            ]
+        )
         fresh = Question.objects.select_related(
             "stream__default_prompt", "stream__default_voice", "prompt", "voice"
         ).in_bulk([question.pk for question in created])
