@@ -10,6 +10,7 @@ django_asgi_app = get_asgi_application()  # before importing consumers: it sets 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from answers.routing import websocket_urlpatterns  # noqa: E402
+from liveqa.startup import freeze_startup_heap  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -17,3 +18,4 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )
+freeze_startup_heap()

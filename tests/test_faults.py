@@ -124,7 +124,7 @@ async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(ope
     def down(*args, **kwargs):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(services, "create_question", down)
+    monkeypatch.setattr(services, "create_live_questions", down)
     await listener.send_to(text_data=json.dumps({"type": "question", "question": "Anyone?"}))
     assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable:")
     await listener.send_to(text_data=json.dumps({"type": "ping"}))

@@ -263,6 +263,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--script", default="{}", help="JSON object of Script fields")
     args = parser.parse_args()
+    from liveqa.startup import freeze_startup_heap
+
+    freeze_startup_heap()  # a full collection would hold up the pacing, as in the processes it serves
     asyncio.run(_serve(args.port, Script(**json.loads(args.script))))
 
 

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, connection
 
+from liveqa.startup import freeze_startup_heap
+
 logger = logging.getLogger("answers.worker")
 
 
@@ -50,6 +52,7 @@ class Command(BaseCommand):
         from answers.workers import AnswerWorker
 
         worker = AnswerWorker(pipeline(), concurrency=concurrency, channel=channel)
+        freeze_startup_heap()
         task = asyncio.create_task(worker.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
