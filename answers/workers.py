@@ -41,6 +41,10 @@ from .pipeline.tts import Voice
 
 logger = logging.getLogger(__name__)
 
+# A question delivered twice is claimed by the copy that arrived first; the other copy claims it only if
+# it is still unclaimed this much later (the first worker died in between).
+CLAIM_GRACE = 2.0
+
 
 class AnswerWorker:
     def __init__(
@@ -65,6 +69,7 @@ class AnswerWorker:
         self.own_channel = ""
         self.answering: dict[int, asyncio.Task[None]] = {}
         self.busy = 0  # slots in use
+        self.tasks: asyncio.TaskGroup  # every task this worker starts, set by run()
         self.slot_freed = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -76,7 +81,8 @@ class AnswerWorker:
         self.name = f"{self.name}:{self.own_channel}"
         logger.info("answer worker %s: %d slots on %r", self.name, self.concurrency, self.channel)
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._take_work(tasks), name="answer-intake")
+            self.tasks = tasks
+            tasks.create_task(self._take_work(), name="answer-intake")
             tasks.create_task(self._serve_control(), name="answer-control")
             tasks.create_task(self._keep_alive(), name="answer-heartbeat")
             self.ready.set()
@@ -96,9 +102,9 @@ class AnswerWorker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _take_work(self, tasks: asyncio.TaskGroup) -> None:
+    async def _take_work(self) -> None:
         """Read the shared worker channel while a slot is free; each piece of work gets a slot, as a
-        task of `tasks`. Questions that came together beyond the free slots go back to the channel."""
+        task of the worker's. Questions that came together beyond the free slots go back to the channel."""
         while True:
             while self.busy >= self.concurrency:
                 self.slot_freed.clear()
@@ -106,14 +112,14 @@ class AnswerWorker:
             work = events.work_items(await self._receive(self.work_layer, self.channel))
             free = self.concurrency - self.busy
             for message in work[:free]:
-                self._start(tasks, message)
+                self._start(message)
             if work[free:] and not await self._send(self.channel, events.questions(work[free:]), self.work_layer):
                 for message in work[free:]:  # answered here, over the limit, rather than dropped
-                    self._start(tasks, message)
+                    self._start(message)
 
-    def _start(self, tasks: asyncio.TaskGroup, message: dict[str, Any]) -> None:
+    def _start(self, message: dict[str, Any]) -> None:
         self.busy += 1
-        tasks.create_task(self._in_slot(message), name=f"answer-slot-{message.get('type')}")
+        self.tasks.create_task(self._in_slot(message), name=f"answer-slot-{message.get('type')}")
 
     async def _in_slot(self, message: dict[str, Any]) -> None:
         try:
@@ -144,7 +150,14 @@ class AnswerWorker:
         # Handed what the LLM needs, the answer starts now and the claim runs meanwhile: the database
         # is not on the way to the first word. Nothing is sent to anyone before the claim succeeds.
         early = None
-        if prepared and await self._first_delivery(question_id):
+        if prepared:
+            if not await self._first_delivery(question_id):
+                # The copy that arrived first is being claimed, its answer already started. Claiming this
+                # one too would race that claim, and winning it would answer without the early start.
+                self.tasks.create_task(
+                    self._claim_if_abandoned(question_id, reply_channel), name=f"answer-recheck-{question_id}"
+                )
+                return
             early = _StartedAnswer.start(self.pipeline, prepared)
         try:
             try:
@@ -171,11 +184,17 @@ class AnswerWorker:
             if early is not None:
                 await early.events.aclose()
 
+    async def _claim_if_abandoned(self, question_id: int, reply_channel: str | None) -> None:
+        """A second copy of a question: claim it after CLAIM_GRACE, which fails unless the worker that
+        had the first copy died before claiming it. Nothing is lost, and no slot is held meanwhile."""
+        await asyncio.sleep(CLAIM_GRACE)
+        self._start(events.message(events.QUESTION, question_id=question_id, reply_channel=reply_channel))
+
     async def _first_delivery(self, question_id: int) -> bool:
         """False if this question was handed to a worker before. channels-redis can deliver a message
         twice when several processes read one channel (their receive backup queue is shared,
-        django/channels_redis#163); the database claim decides who answers, and this keeps the other
-        worker from asking the LLM meanwhile."""
+        django/channels_redis#163): one process puts back a message another has just taken. The copy
+        that finds the question here first starts and claims it; the other waits (_claim_if_abandoned)."""
         connection = getattr(self.work_layer, "connection", None)
         if connection is None:  # the in-memory layer delivers once
             return True

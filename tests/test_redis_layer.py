@@ -185,3 +185,34 @@ async def test_questions_handed_over_together_beyond_a_workers_free_slots_go_to_
             task.cancel()
         await asyncio.wait(running, timeout=TIMEOUT)
         await first.work_layer.flush()
+
+
+async def test_a_second_copy_of_a_question_whose_first_worker_died_is_answered_after_the_grace(
+    redis_worker, fake_openai, monkeypatch
+):
+    """The first copy reached a worker that marked it delivered and died before claiming it: the second
+    copy claims it once the grace period is over, and it is answered."""
+    from dataclasses import asdict
+
+    from answers import dispatch, services, workers
+    from answers.models import Question
+    from answers.providers import default_voice
+
+    monkeypatch.setattr(workers, "CLAIM_GRACE", 0.2)
+    stream, _ = await database_sync_to_async(make_stream)()
+    [(question, chosen)] = await database_sync_to_async(services.create_live_questions)(
+        [services.LiveAsk(stream, "Abandoned?")], default_voice()
+    )
+    connection = redis_worker.work_layer.connection(0)
+    await connection.set(f"{redis_worker.work_layer.prefix}delivered:{redis_worker.channel}:{question.pk}", 1)
+    prepared = {"question": question.text, "prompt": chosen.prompt_text, "voice": asdict(chosen.voice)}
+    reply = await redis_worker.layer.new_channel()
+    await dispatch.ask(question.pk, reply, prepared)
+    kinds = []
+    async with asyncio.timeout(TIMEOUT):
+        while not kinds or kinds[-1] not in (events.DONE, events.FAILED):
+            kinds.append((await redis_worker.layer.receive(reply))["type"])
+    assert kinds[0] == events.STARTED and kinds[-1] == events.DONE
+    assert [body["messages"][-1]["content"] for body in fake_openai.chat_requests] == ["Abandoned?"]
+    await settled()
+    assert (await Question.objects.aget(pk=question.pk)).status == Question.Status.ANSWERED
