@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 # Writing to the overlays yields to the event loop after this much time: a ping that arrives during a
 # fan-out waits for a few slices, not for every overlay.
 SLICE_SECONDS = 0.002
+RETRY_SECONDS = 0.5
 
 Frame = str | bytes
 
@@ -77,7 +78,12 @@ class OverlayHub:
     async def run(self) -> None:
         assert self.channel is not None
         while True:
-            message = await self.layer.receive(self.channel)
+            try:
+                message = await self.layer.receive(self.channel)
+            except Exception as exc:  # the layer's connection dropped (Redis restarting): keep listening
+                logger.warning("overlay hub of %s could not receive (%s); retrying", self.group, exc)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
             try:
                 for ready in self.in_order(message):
                     await self.broadcast(overlay_frames(ready, self.chunks))
@@ -147,4 +153,3 @@ async def leave(group: str, overlay: Overlay) -> None:
         if not hub.members:
             del _hubs[(loop, group)]
             await hub.stop()
-

@@ -2,9 +2,9 @@
 
 Each worker has `concurrency` slots and reads the shared worker channel only while one is free, so a busy
 worker leaves new questions to idle ones; of questions handed over together, it starts those it has free
-slots for and sends the others back. Cancellations reach the worker on its own
-channel, named in the `answer.started` message. On streams that hold answers for review, a stream question's
-text is written and held; a moderator's `answer.speak` has it spoken later, by any worker.
+slots for and sends the others back. Cancellations reach the worker on its own channel, named in the
+`answer.started` message. On streams that hold answers for review, a stream question's text is written
+and held; a moderator's `answer.speak` has it spoken later, by any worker.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class AnswerWorker:
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
             work = events.work_items(await self._receive(self.work_layer, self.channel))
-            free = self.concurrency - self.busy
+            free = max(self.concurrency - self.busy, 0)  # a re-claim may have started over the limit
             for message in work[:free]:
                 self._start(message)
             if work[free:] and not await self._send(self.channel, events.questions(work[free:]), self.work_layer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -372,31 +373,50 @@ async def fanout_missing(api_url: str, overlay_url: str) -> str:
 
 class ping_probe:
     """A /live/answer connection that pings every 50 ms while the block runs; the round trips land in
-    the list it yields."""
+    the list it yields. It runs in a process of its own: in the benchmark's, its pongs would wait
+    behind the 200 overlay clients' frames, and the round trip would be the clients' as much as LiveQA's."""
 
     def __init__(self, url: str):
         self.url = url
         self.pings: list[float] = []
 
     async def __aenter__(self) -> list[float]:
-        self.socket = await websockets.connect(self.url)
-        await self.socket.send(json.dumps({"type": "hello", "protocol": 2}))
-        await self.socket.recv()
-        self.task = asyncio.create_task(self._ping())
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_probe, args=(self.url, child), daemon=True)
+        self.process.start()
+        if not await asyncio.to_thread(self.connection.poll, 30):
+            raise RuntimeError("the ping probe did not connect")
+        self.connection.recv()  # connected
         return self.pings
 
-    async def _ping(self) -> None:
-        while True:
-            await asyncio.sleep(PING_EVERY)
-            sent = time.monotonic()
-            await self.socket.send('{"type": "ping"}')
-            await self.socket.recv()
-            self.pings.append(time.monotonic() - sent)
-
     async def __aexit__(self, *exc: object) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.socket.close()
+        self.connection.send("stop")
+        if await asyncio.to_thread(self.connection.poll, 30):
+            self.pings += self.connection.recv()
+        await asyncio.to_thread(self.process.join, 10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _probe(url: str, connection: Any) -> None:
+    """The probe process: ping until told to stop, then send back the round trips."""
+
+    async def run() -> list[float]:
+        pings: list[float] = []
+        async with websockets.connect(url) as socket:
+            await socket.send(json.dumps({"type": "hello", "protocol": 2}))
+            await socket.recv()
+            connection.send("connected")
+            while not connection.poll():
+                await asyncio.sleep(PING_EVERY)
+                sent = time.monotonic()
+                await socket.send('{"type": "ping"}')
+                await socket.recv()
+                pings.append(time.monotonic() - sent)
+        return pings
+
+    connection.send(asyncio.run(run()))
 
 
 async def scenario_slow_tts(options: Options) -> dict[str, Any]:

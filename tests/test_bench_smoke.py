@@ -33,3 +33,18 @@ def test_quick_benchmark_reports_first_audio_total_ping_and_process_figures(tmp_
     assert {t["name"] for t in one["targets"]} and all(isinstance(t["pass"], bool) for t in one["targets"])
     assert "| LiveQA |" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "timeline.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_quick_fan_out_reports_overlays_first_audio_and_the_separate_pings(tmp_path):
+    """The fan-out's ping probe runs in a process of its own and hands its round trips back."""
+    results_path = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--scenario", "fanout", "--json", str(results_path)],
+        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    fanout = json.loads(results_path.read_text())["scenarios"]["fanout"]
+    assert fanout["available"], fanout.get("note")
+    many = fanout["liveqa"]
+    assert many["answers"] == fanout["config"]["overlays"] * fanout["config"]["answers"] and many["failed"] == 0
+    assert many["first_audio"]["median"] > 0 and many["ping"]["n"] > 0 and many["ping"]["p95"] > 0

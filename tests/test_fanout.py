@@ -125,3 +125,26 @@ async def test_writing_to_many_overlays_lets_other_tasks_run_between_slices():
 @pytest.mark.parametrize("kind", [events.HELD, events.QUESTION_UPDATED])
 def test_moderation_traffic_is_not_sent_to_overlays(kind):
     assert fanout.overlay_frames(events.message(kind, question={}), events.WholeChunks()) == []
+
+
+async def test_the_hub_keeps_listening_when_the_layer_fails_to_receive(monkeypatch):
+    """A layer that loses its connection for a moment (Redis restarting) does not silence the overlays."""
+    monkeypatch.setattr(fanout, "RETRY_SECONDS", 0.01)
+    layer = InMemoryChannelLayer()
+    overlay = RecordingOverlay()
+    await fanout.join(layer, "overlays-d", overlay)
+    receive, failures = layer.receive, [ConnectionError("gone")] * 2
+
+    async def flaky_receive(channel: str) -> dict[str, Any]:
+        if failures:
+            raise failures.pop()
+        return await receive(channel)
+
+    monkeypatch.setattr(layer, "receive", flaky_receive)
+    for message in answer_messages():
+        await layer.group_send("overlays-d", message)
+    async with asyncio.timeout(5):
+        while len(overlay.frames) < len(EXPECTED):
+            await asyncio.sleep(0.01)
+    assert shape(overlay.frames) == EXPECTED and not failures
+    await fanout.leave("overlays-d", overlay)
