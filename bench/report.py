@@ -136,6 +136,13 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
         if delay := scenario["liveqa"].get("llm_request_delay"):
             median, p95 = _ms(delay["median"]), _ms(delay["p95"])
             notes.append(f"Question sent → LLM request at the fake: median {median} ms, p95 {p95} ms.")
+        if late := scenario["liveqa"].get("fake_lateness"):
+            token, speech = late["first_chunk_token"], late["speech_first_byte"]
+            notes.append(
+                f"The fake's own lateness against its script (median / p95): the first chunk's last token "
+                f"{_ms(token['median'])} / {_ms(token['p95'])} ms, a speech's first byte "
+                f"{_ms(speech['median'])} / {_ms(speech['p95'])} ms."
+            )
         if config := scenario.get("config"):
             notes.append("Config: " + ", ".join(f"{k} {v}" for k, v in config.items()) + ".")
         lines += [" ".join(notes), ""]

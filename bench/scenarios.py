@@ -267,6 +267,7 @@ async def scenario_concurrent(options: Options) -> dict[str, Any]:
     ]
     result["llm_request_delay"] = {"median": statistics.median(delays), "p95": percentile(delays, 95)}
     limit = limits(STANDARD_SCRIPT, next(t for t in traces if t.ok))
+    result["fake_lateness"] = fake_lateness(fake_log, STANDARD_SCRIPT, limit["first_chunk_tokens"])
     return {
         "liveqa": result,
         "naive": naive,
@@ -281,6 +282,20 @@ async def scenario_concurrent(options: Options) -> dict[str, Any]:
             target("ping during answers, p95 ≤ 20 ms", result["ping"].get("p95"), PING_P95_BOUND),
         ],
     }
+
+
+def fake_lateness(fake_log: dict[str, Any], script: dict[str, Any], first_chunk_tokens: int) -> dict[str, Any]:
+    """How late the fake itself wrote, against its script, on a machine it shares with what it serves:
+    the first chunk's last token (from the request's arrival) and each speech's first byte."""
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "p95": percentile(values, 95)} if values else {}
+
+    due = script["first_token_delay"] + (first_chunk_tokens - 1) * script["token_delay"]
+    tokens = [c["tokens"][first_chunk_tokens - 1] - c["start"] - due for c in fake_log["chat"]
+              if len(c["tokens"]) >= first_chunk_tokens]  # fmt: skip
+    speech = [s["pieces"][0] - s["start"] - script["tts_first_byte"] for s in fake_log["speech"] if s["pieces"]]
+    return {"first_chunk_token": stats(tokens), "speech_first_byte": stats(speech)}
 
 
 async def scenario_fanout(options: Options) -> dict[str, Any]:
