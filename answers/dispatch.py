@@ -68,15 +68,18 @@ async def to_workers(message: dict[str, Any]) -> None:
 
 
 async def _hand_over(questions: list[dict[str, Any]]) -> list[None]:
-    await to_workers(events.questions(questions))
+    """Questions asked together (a burst stored by one group commit) cross the layer a few to a message,
+    the messages at once: a worker reads one message at a time, a handful of round trips each, and
+    several messages spread the burst over the workers."""
+    parts = [questions[i : i + HAND_OVER_BATCH] for i in range(0, len(questions), HAND_OVER_BATCH)]
+    await asyncio.gather(*(to_workers(events.questions(part)) for part in parts))
     return [None] * len(questions)
 
 
-# Questions asked together (a burst stored by one group commit) cross the layer a few to a message: a
-# worker reads one message at a time, a handful of round trips each. Several messages per burst spread
-# it over the workers.
 HAND_OVER_BATCH = 8
-_hand_overs = GroupCommit(_hand_over, max_batch=HAND_OVER_BATCH)
+# A part that fails is handed over again question by question, and one that got through is then
+# delivered twice: a worker answers a question once (AnswerWorker._first_delivery and its claim).
+_hand_overs = GroupCommit(_hand_over)
 
 
 async def ask(question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None) -> None:

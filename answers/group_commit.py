@@ -29,8 +29,7 @@ class _Waiting(Generic[Item, Result]):
 class GroupCommit(Generic[Item, Result]):
     """`await writer.submit(item)` stores `item` through `write_many` (one transaction, or one message,
     for the list it is given; one result per item, in order) and returns its result. A synchronous
-    `write_many` runs on the database thread; a coroutine function is awaited. At most `max_batch`
-    items go in one batch.
+    `write_many` runs on the database thread; a coroutine function is awaited.
 
     Whoever holds the lock writes everything submitted so far, its own item included; those who queued
     meanwhile find theirs written when the lock comes to them. No task outlives its writer: the
@@ -40,12 +39,10 @@ class GroupCommit(Generic[Item, Result]):
     def __init__(
         self,
         write_many: Callable[[list[Item]], list[Result]] | Callable[[list[Item]], Awaitable[list[Result]]],
-        max_batch: int | None = None,
     ):
         self.write_many: Callable[[list[Item]], Awaitable[list[Result]]] = (
             write_many if inspect.iscoroutinefunction(write_many) else database_sync_to_async(write_many)
         )
-        self.max_batch = max_batch
         # One queue per event loop: a lock belongs to the loop it is first used on.
         self._waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiting[Item, Result]] = (
             weakref.WeakKeyDictionary()
@@ -59,9 +56,8 @@ class GroupCommit(Generic[Item, Result]):
         waiting.items.append(entry)
         try:
             async with waiting.lock:
-                while entry in waiting.items:  # nobody has taken it yet: write it, and all queued with it
-                    size = self.max_batch or len(waiting.items)
-                    batch, waiting.items = waiting.items[:size], waiting.items[size:]
+                if entry in waiting.items:  # nobody has taken it yet: write it, and all queued with it
+                    batch, waiting.items = waiting.items, []
                     await asyncio.shield(self._write(batch))
             # Written, or in the batch of a writer that was cancelled and whose write goes on.
             return await future

@@ -99,7 +99,7 @@ async def test_a_writer_cancelled_mid_write_still_hands_the_others_their_results
     assert recorder.batches == [["first"], ["second"]]  # the cancelled caller's item was written anyway
 
 
-async def test_a_burst_goes_in_batches_of_at_most_max_batch_through_a_coroutine():
+async def test_a_coroutine_write_many_is_awaited_with_what_queued_meanwhile():
     batches: list[list[int]] = []
     gate = asyncio.Event()
 
@@ -108,12 +108,12 @@ async def test_a_burst_goes_in_batches_of_at_most_max_batch_through_a_coroutine(
         await gate.wait()
         return [item * 10 for item in items]
 
-    writer = GroupCommit(send_many, max_batch=3)
+    writer = GroupCommit(send_many)
     tasks = [asyncio.create_task(writer.submit(i)) for i in range(8)]
     await asyncio.sleep(0.05)
     gate.set()
     assert await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT) == [i * 10 for i in range(8)]
-    assert batches == [[0], [1, 2, 3], [4, 5, 6], [7]]
+    assert batches == [[0], list(range(1, 8))]
 
 
 @pytest.mark.db_matters
@@ -165,3 +165,24 @@ async def test_questions_sent_at_once_on_many_connections_are_stored_in_few_tran
     assert len(batches) < 8  # at least some of them shared a transaction
     texts = await database_sync_to_async(lambda: sorted(Question.objects.values_list("text", flat=True)))()
     assert texts == sorted(f"Question {i}?" for i in range(8))
+
+
+async def test_questions_handed_over_together_cross_the_layer_a_few_to_a_message(monkeypatch):
+    from answers import dispatch, events
+
+    sent: list[dict[str, object]] = []
+    gate = asyncio.Event()
+
+    async def to_workers(message: dict[str, object]) -> None:
+        sent.append(message)
+        await gate.wait()
+
+    monkeypatch.setattr(dispatch, "to_workers", to_workers)
+    asks = [asyncio.create_task(dispatch.ask(i, f"reply-{i}")) for i in range(20)]
+    await asyncio.sleep(0.05)  # the first is on its way; the 19 others queue behind it
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*asks), TIMEOUT)
+    handed = [events.work_items(message) for message in sent]
+    assert [len(items) for items in handed] == [1, 8, 8, 3]
+    assert [item["question_id"] for items in handed for item in items] == list(range(20))
+    assert all(item["type"] == events.QUESTION for items in handed for item in items)
