@@ -174,7 +174,8 @@ METHOD = """## Method
 - **Clients**: `websockets` connections speaking protocol 2 on `/live/answer`, pinging every 50 ms
   while answered (the per-connection rate limit is raised for this); overlays on
   `/ws/overlay/<slug>/` fed by questions posted to `/api/streams/<slug>/questions` on an auto-approving
-  stream. Concurrent questions are sent once all their connections are open. A warm-up answer
+  stream, while a `/live/answer` connection in a process of its own pings every 50 ms. Concurrent
+  questions are sent once all their connections are open; 10 of the 50 ping. A warm-up answer
   precedes every measurement.
 - **Physical limit** of the first audio: the LLM's first-token delay + the time to write the first
   chunk's tokens + the TTS first-byte delay, from the script and the first chunk actually spoken (for
