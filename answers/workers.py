@@ -22,6 +22,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from . import events, services
+from .group_commit import GroupCommit
 from .models import Answer, Question
 from .pipeline.answer import (
     AnswerDone,
@@ -71,6 +72,7 @@ class AnswerWorker:
         self.busy = 0  # slots in use
         self.tasks: asyncio.TaskGroup  # every task this worker starts, set by run()
         self.slot_freed = asyncio.Event()
+        self._deliveries = GroupCommit(self._mark_delivered)
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -195,15 +197,21 @@ class AnswerWorker:
         twice when several processes read one channel (their receive backup queue is shared,
         django/channels_redis#163): one process puts back a message another has just taken. The copy
         that finds the question here first starts and claims it; the other waits (_claim_if_abandoned)."""
-        connection = getattr(self.work_layer, "connection", None)
-        if connection is None:  # the in-memory layer delivers once
+        if getattr(self.work_layer, "connection", None) is None:  # the in-memory layer delivers once
             return True
-        key = f"{self.work_layer.prefix}delivered:{self.channel}:{question_id}"
         try:
-            return bool(await connection(0).set(key, 1, nx=True, ex=3600))
+            return await self._deliveries.submit(question_id)
         except Exception as exc:
             logger.warning("could not check whether question %s was delivered before: %s", question_id, exc)
             return True
+
+    async def _mark_delivered(self, question_ids: list[int]) -> list[bool]:
+        """Mark questions delivered, each only if it was not: one round trip for the questions of a
+        batch that start together, on one connection (a burst would otherwise open one per question)."""
+        async with self.work_layer.connection(0).pipeline(transaction=False) as pipe:
+            for question_id in question_ids:
+                pipe.set(f"{self.work_layer.prefix}delivered:{self.channel}:{question_id}", 1, nx=True, ex=3600)
+            return [bool(done) for done in await pipe.execute()]
 
     async def _answer_stream_queue(self, stream_id: int) -> None:
         model = self.pipeline.llm.model

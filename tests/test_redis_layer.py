@@ -42,6 +42,15 @@ async def redis_worker(redis_layer, make_pipeline):
     await redis_layer.flush()
 
 
+async def kinds_until_the_end(layer, reply: str) -> list[str]:
+    """The types of the messages an answer sends to `reply`, up to its done or failed."""
+    kinds: list[str] = []
+    async with asyncio.timeout(TIMEOUT):
+        while not kinds or kinds[-1] not in (events.DONE, events.FAILED):
+            kinds.append((await layer.receive(reply))["type"])
+    return kinds
+
+
 async def test_audio_messages_survive_msgpack_as_bytes_and_split_under_the_limit(redis_layer):
     channel = await redis_layer.new_channel()
     big = bytes(range(256)) * 2000  # 512 KB: more than one layer message
@@ -108,10 +117,7 @@ async def test_a_question_delivered_twice_asks_the_llm_once_and_is_answered_once
     reply = await redis_worker.layer.new_channel()
     for _ in range(2):  # as channels-redis may redeliver a message to a second reader
         await dispatch.ask(question.pk, reply, prepared)
-    kinds = []
-    async with asyncio.timeout(TIMEOUT):
-        while not kinds or kinds[-1] not in (events.DONE, events.FAILED):
-            kinds.append((await redis_worker.layer.receive(reply))["type"])
+    kinds = await kinds_until_the_end(redis_worker.layer, reply)
     assert kinds[-1] == events.DONE
     assert [body["messages"][-1]["content"] for body in fake_openai.chat_requests] == ["Twice?"]
     async with asyncio.timeout(TIMEOUT):
@@ -208,11 +214,31 @@ async def test_a_second_copy_of_a_question_whose_first_worker_died_is_answered_a
     prepared = {"question": question.text, "prompt": chosen.prompt_text, "voice": asdict(chosen.voice)}
     reply = await redis_worker.layer.new_channel()
     await dispatch.ask(question.pk, reply, prepared)
-    kinds = []
-    async with asyncio.timeout(TIMEOUT):
-        while not kinds or kinds[-1] not in (events.DONE, events.FAILED):
-            kinds.append((await redis_worker.layer.receive(reply))["type"])
+    kinds = await kinds_until_the_end(redis_worker.layer, reply)
     assert kinds[0] == events.STARTED and kinds[-1] == events.DONE
     assert [body["messages"][-1]["content"] for body in fake_openai.chat_requests] == ["Abandoned?"]
     await settled()
     assert (await Question.objects.aget(pk=question.pk)).status == Question.Status.ANSWERED
+
+
+async def test_two_copies_of_a_question_in_one_batch_ask_the_llm_once(redis_worker, fake_openai):
+    """The copies start together and are marked delivered in one round trip: one of them answers."""
+    from dataclasses import asdict
+
+    from answers import services
+    from answers.models import Answer
+    from answers.providers import default_voice
+
+    stream, _ = await database_sync_to_async(make_stream)()
+    [(question, chosen)] = await database_sync_to_async(services.create_live_questions)(
+        [services.LiveAsk(stream, "Copied?")], default_voice()
+    )
+    prepared = {"question": question.text, "prompt": chosen.prompt_text, "voice": asdict(chosen.voice)}
+    reply = await redis_worker.layer.new_channel()
+    copy = events.message(events.QUESTION, question_id=question.pk, reply_channel=reply, prepared=prepared)
+    await redis_worker.work_layer.send(redis_worker.channel, events.questions([copy, copy]))
+    kinds = await kinds_until_the_end(redis_worker.layer, reply)
+    assert kinds[-1] == events.DONE
+    assert [body["messages"][-1]["content"] for body in fake_openai.chat_requests] == ["Copied?"]
+    await settled()
+    assert await Answer.objects.filter(question=question).acount() == 1
