@@ -5,6 +5,7 @@ a few milliseconds at a time so that the process's other sockets (a ping) are se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -30,6 +31,13 @@ class Overlay(Protocol):
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None: ...
 
+    async def close(self, code: int | bool | None = None) -> None: ...
+
+
+OVERLAY_EVENTS = frozenset(
+    {events.REPLAY, events.STARTED, events.CHUNK, events.CHUNK_FAILED, events.DONE, events.FAILED}
+)
+
 
 def overlay_frames(message: dict[str, Any], chunks: events.WholeChunks) -> list[Frame]:
     """What an overlay is sent for one answer message: protocol-2 events, and each chunk's audio whole
@@ -44,11 +52,6 @@ def overlay_frames(message: dict[str, Any], chunks: events.WholeChunks) -> list[
     if kind in OVERLAY_EVENTS:
         return [json.dumps(events.client_event(message))]
     return []  # moderation traffic (question.updated, answer.held) is the dashboards'
-
-
-OVERLAY_EVENTS = frozenset(
-    {events.REPLAY, events.STARTED, events.CHUNK, events.CHUNK_FAILED, events.DONE, events.FAILED}
-)
 
 
 class OverlayHub:
@@ -112,8 +115,10 @@ class OverlayHub:
                     else:
                         await member.send(text_data=frame)
             except Exception:
-                logger.exception("could not write to an overlay; it is left out")
+                logger.exception("could not write to an overlay; closing it, so that it reconnects")
                 self.members.pop(member, None)
+                with contextlib.suppress(Exception):
+                    await member.close()
             if time.perf_counter() - slice_started > SLICE_SECONDS:
                 await asyncio.sleep(0)
                 slice_started = time.perf_counter()

@@ -21,6 +21,7 @@ class RecordingOverlay:
     def __init__(self, cost: float = 0.0, broken: bool = False):
         self.frames: list[Any] = []
         self.cost, self.broken = cost, broken
+        self.closed = False
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.broken:
@@ -29,6 +30,9 @@ class RecordingOverlay:
         while time.perf_counter() < deadline:
             pass
         self.frames.append(json.loads(text_data) if text_data is not None else bytes_data)
+
+    async def close(self, code: int | bool | None = None) -> None:
+        self.closed = True
 
 
 def audio(answer_id: int, seq: int, data: bytes, last: bool, n: int) -> dict[str, Any]:
@@ -86,7 +90,7 @@ async def test_every_overlay_hears_the_answer_once_in_order_with_whole_chunks():
     assert not layer.groups.get("overlays-a")
 
 
-async def test_an_overlay_that_cannot_be_written_to_is_left_out_and_the_others_still_hear():
+async def test_an_overlay_that_cannot_be_written_to_is_closed_and_the_others_still_hear():
     layer = InMemoryChannelLayer()
     broken, fine = RecordingOverlay(broken=True), RecordingOverlay()
     await fanout.join(layer, "overlays-b", broken)
@@ -97,6 +101,7 @@ async def test_an_overlay_that_cannot_be_written_to_is_left_out_and_the_others_s
         while len(fine.frames) < len(EXPECTED):
             await asyncio.sleep(0.01)
     assert shape(fine.frames) == EXPECTED
+    assert broken.closed and not fine.closed  # closed, overlay.js reconnects
     await fanout.leave("overlays-b", fine)
     assert not layer.groups.get("overlays-b")  # the hub went with its last overlay
 
