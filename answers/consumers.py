@@ -61,13 +61,7 @@ class ListenerConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Answer messages are numbered by their worker: deliver them in that order."""
-        if "n" not in message or message.get("answer_id") is None:
-            await self.handle(message)
-            return
-        sequencer = self.sequencers.setdefault(message["answer_id"], events.Sequencer())
-        for ready in sequencer.push(message):
-            if events.Sequencer.ends(ready):
-                self.sequencers.pop(message["answer_id"], None)
+        for ready in self.in_order.push(message):
             await self.handle(ready)
 
     async def handle(self, message: dict[str, Any]) -> None:
@@ -129,10 +123,10 @@ class ListenerConsumer(AsyncWebsocketConsumer):
                 await self.send_error(message.get("reason", "failed"), "The answer could not be completed.")
             await self.send(text_data=END)
 
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.whole_chunks = events.WholeChunks()
-        self.sequencers: dict[int, events.Sequencer] = {}
-        await super().websocket_connect(message)
+        self.in_order = events.InOrder()
 
 
 class LiveAnswerConsumer(ListenerConsumer):

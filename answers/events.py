@@ -67,6 +67,23 @@ class Sequencer:
         return message["type"] in (DONE, FAILED)
 
 
+class InOrder:
+    """Every answer's messages in the order its worker sent them (one Sequencer per answer, dropped at the
+    answer's end); messages that are not numbered, such as replays, pass as they come."""
+
+    def __init__(self) -> None:
+        self.sequencers: dict[Any, Sequencer] = {}
+
+    def push(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """The messages that are ready to be delivered now that `message` has arrived, in order."""
+        if "n" not in message or message.get("answer_id") is None:
+            return [message]
+        ready = self.sequencers.setdefault(message["answer_id"], Sequencer()).push(message)
+        if any(Sequencer.ends(m) for m in ready):
+            self.sequencers.pop(message["answer_id"], None)
+        return ready
+
+
 class WholeChunks:
     """Gathers a chunk's audio pieces until its last one. A chunk whose speech broke off never gets a
     last piece: its pieces are dropped when the next chunk's begin, never glued to them."""

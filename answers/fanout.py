@@ -63,7 +63,7 @@ class OverlayHub:
         self.members: dict[Overlay, None] = {}  # in the order they joined
         self.channel: str | None = None
         self.task: asyncio.Task[None] | None = None
-        self.sequencers: dict[Any, events.Sequencer] = {}
+        self.in_order = events.InOrder()
         self.chunks = events.WholeChunks()
 
     async def start(self) -> None:
@@ -88,20 +88,10 @@ class OverlayHub:
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             try:
-                for ready in self.in_order(message):
+                for ready in self.in_order.push(message):
                     await self.broadcast(overlay_frames(ready, self.chunks))
             except Exception:
                 logger.exception("could not deliver %s to the overlays", message.get("type"))
-
-    def in_order(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        """Answer messages are numbered by their worker: put them back in that order (replays are not)."""
-        if "n" not in message or message.get("answer_id") is None:
-            return [message]
-        sequencer = self.sequencers.setdefault(message["answer_id"], events.Sequencer())
-        ready = sequencer.push(message)
-        if any(events.Sequencer.ends(m) for m in ready):
-            self.sequencers.pop(message["answer_id"], None)
-        return ready
 
     async def broadcast(self, frames: list[Frame]) -> None:
         if not frames:

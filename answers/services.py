@@ -27,27 +27,9 @@ def stream_for_key(raw_key: str, slug: str | None = None) -> Stream | None:
     return stream
 
 
-def create_question(
-    stream: Stream,
-    text: str,
-    *,
-    source: str,
-    viewer_name: str = "",
-    viewer_ip: str | None = None,
-    approved: bool | None = None,
-    prompt_override: str = "",
-    voice_override: dict[str, Any] | None = None,
-) -> Question:
-    question = new_question(
-        stream,
-        text,
-        source=source,
-        viewer_name=viewer_name,
-        viewer_ip=viewer_ip,
-        approved=approved,
-        prompt_override=prompt_override,
-        voice_override=voice_override,
-    )
+def create_question(stream: Stream, text: str, **fields: Any) -> Question:
+    """A new question, saved (`fields` as for new_question)."""
+    question = new_question(stream, text, **fields)
     question.save()
     return question
 
