@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -95,6 +95,10 @@ def create_live_questions(asks: list[LiveAsk], default_voice: Voice) -> list[tup
         return [(question, answer_settings(fresh[question.pk], default_voice)) for question in created]
 
 
+# What answering a claimed question reads besides it: its stream and the prompts and voices it may use.
+_CLAIMED_WITH = ("stream", "prompt", "voice", "stream__default_prompt", "stream__default_voice")
+
+
 def claim_question(question_id: int, worker: str) -> Question | None:
     """Approved → answering, only if nobody else got there first (a conditional update)."""
     now = timezone.now()
@@ -107,9 +111,7 @@ def claim_question(question_id: int, worker: str) -> Question | None:
     )
     if not claimed:
         return None
-    return Question.objects.select_related("stream", "prompt", "voice", "stream__default_prompt").get(
-        pk=question_id
-    )
+    return Question.objects.select_related(*_CLAIMED_WITH).get(pk=question_id)
 
 
 def claim_next_for_stream(stream_id: int, worker: str) -> Question | None:
@@ -167,14 +169,40 @@ def answer_settings(question: Question, default_voice: Voice) -> AnswerSettings:
 Begun = tuple[Answer, AnswerSettings]
 
 
-def begin_answer(
-    question_id: int, worker: str, default_voice: Voice, model: str, chosen: AnswerSettings | None = None
-) -> Begun | None:
-    """Claim an approved question and open its answer in one round trip. `chosen`: the prompt and voice
-    the answer was already started with (resolved when the question was stored)."""
+def begin_answers(
+    claims: list[tuple[int, AnswerSettings | None]], worker: str, default_voice: Voice, model: str
+) -> list[Begun | None]:
+    """Claim approved questions and open their answers, in one transaction of three statements however
+    many there are (a worker starts a burst of questions together). Each claim is a question id and the
+    prompt and voice its answer was already started with (resolved when it was stored), or None. A
+    question someone else claimed first, or one named twice, is None after its first claim."""
+    ids = {question_id for question_id, _ in claims}
+    now = timezone.now()
     with transaction.atomic():
-        question = claim_question(question_id, worker)
-        return None if question is None else _open_answer(question, default_voice, model, chosen)
+        Question.objects.filter(pk__in=ids, status=Question.Status.APPROVED).update(
+            status=Question.Status.ANSWERING,
+            worker=worker,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        # The rows this update claimed, told apart from earlier claims by their claim's moment.
+        claimed = {
+            question.pk: question
+            for question in Question.objects.select_related(*_CLAIMED_WITH).filter(
+                pk__in=ids, status=Question.Status.ANSWERING, worker=worker, started_at=now
+            )
+        }
+        begun: list[Begun | None] = []
+        for question_id, chosen in claims:
+            question = claimed.pop(question_id, None)
+            if question is None:
+                begun.append(None)
+                continue
+            chosen = chosen or answer_settings(question, default_voice)
+            begun.append((new_answer(question, chosen, model, held=held_for_review(question)), chosen))
+        Answer.objects.bulk_create([answer for answer, _ in filter(None, begun)])
+    return begun
 
 
 def begin_next_answer(stream_id: int, worker: str, default_voice: Voice, model: str) -> Begun | None:
@@ -184,9 +212,11 @@ def begin_next_answer(stream_id: int, worker: str, default_voice: Voice, model: 
         return None if question is None else _open_answer(question, default_voice, model)
 
 
-def _open_answer(question: Question, default_voice: Voice, model: str, chosen: AnswerSettings | None = None) -> Begun:
-    chosen = chosen or answer_settings(question, default_voice)
-    return start_answer(question, chosen, model, held=held_for_review(question)), chosen
+def _open_answer(question: Question, default_voice: Voice, model: str) -> Begun:
+    chosen = answer_settings(question, default_voice)
+    answer = new_answer(question, chosen, model, held=held_for_review(question))
+    answer.save()
+    return answer, chosen
 
 
 def held_for_review(question: Question) -> bool:
@@ -195,9 +225,10 @@ def held_for_review(question: Question) -> bool:
     return question.stream.hold_answers_for_review and question.source != Question.Source.LIVE
 
 
-def start_answer(question: Question, chosen: AnswerSettings, model: str, *, held: bool = False) -> Answer:
+def new_answer(question: Question, chosen: AnswerSettings, model: str, *, held: bool = False) -> Answer:
+    """An answer not yet saved, opened with the prompt and voice it is spoken with."""
     voice = chosen.voice
-    return Answer.objects.create(
+    return Answer(
         question=question,
         status=Answer.Status.HELD if held else Answer.Status.SPEAKING,
         prompt_text=chosen.prompt_text,
@@ -242,32 +273,45 @@ def begin_held_answer(answer_id: int, worker: str) -> Begun | None:
         return answer, AnswerSettings(answer.prompt_text, Voice(**answer.voice))
 
 
-def finish_answer(
-    answer_id: int,
-    *,
-    text: str,
-    timings: dict[str, Any],
-    error: str = "",
-    chunks: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    question_status: str | None = None,
-) -> None:
-    """Record how an answer ended, with its chunks and their audio, and settle the question."""
+@dataclass(frozen=True)
+class AnswerEnd:
+    """How an answer ended: its text and timings, the failure if any, each chunk with its audio, and the
+    question's new status when it is not simply answered or failed (a skipped question stays skipped)."""
+
+    answer_id: int
+    text: str
+    timings: dict[str, Any]
+    error: str = ""
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    question_status: str | None = None
+
+
+def finish_answers(ends: list[AnswerEnd]) -> None:
+    """Record how answers ended, with their chunks and audio, and settle their questions: one
+    transaction for answers that end together, however many."""
     now = timezone.now()
     with transaction.atomic():
-        answer = Answer.objects.select_for_update().get(pk=answer_id)
-        answer.text = text
-        answer.timings = {**answer.timings, **timings}  # a reviewed answer keeps how it was written
-        answer.error = error[:500]
-        answer.status = Answer.Status.FAILED if error else Answer.Status.DONE
-        answer.finished_at = now
-        answer.save()
-        AnswerChunk.objects.filter(answer=answer).delete()
-        AnswerChunk.objects.bulk_create(AnswerChunk(answer=answer, **chunk) for chunk in chunks)
-        status = question_status or (Question.Status.FAILED if error else Question.Status.ANSWERED)
-        # A question a moderator skipped meanwhile stays skipped.
-        Question.objects.filter(pk=answer.question_id, status=Question.Status.ANSWERING).update(
-            status=status, finished_at=now, heartbeat_at=None
+        answers = Answer.objects.select_for_update().in_bulk([end.answer_id for end in ends])
+        settled: dict[str, list[int]] = {}
+        for end in ends:
+            answer = answers[end.answer_id]
+            answer.text = end.text
+            answer.timings = {**answer.timings, **end.timings}  # a reviewed answer keeps how it was written
+            answer.error = end.error[:500]
+            answer.status = Answer.Status.FAILED if end.error else Answer.Status.DONE
+            answer.finished_at = now
+            status = end.question_status or (Question.Status.FAILED if end.error else Question.Status.ANSWERED)
+            settled.setdefault(status, []).append(answer.question_id)
+        Answer.objects.bulk_update(answers.values(), ["text", "timings", "error", "status", "finished_at"])
+        AnswerChunk.objects.filter(answer__in=list(answers)).delete()
+        AnswerChunk.objects.bulk_create(
+            AnswerChunk(answer=answers[end.answer_id], **chunk) for end in ends for chunk in end.chunks
         )
+        for status, question_ids in settled.items():
+            # A question a moderator skipped meanwhile stays skipped.
+            Question.objects.filter(pk__in=question_ids, status=Question.Status.ANSWERING).update(
+                status=status, finished_at=now, heartbeat_at=None
+            )
 
 
 def heartbeat(question_ids: list[int]) -> None:

@@ -73,6 +73,10 @@ class AnswerWorker:
         self.tasks: asyncio.TaskGroup  # every task this worker starts, set by run()
         self.slot_freed = asyncio.Event()
         self._deliveries = GroupCommit(self._mark_delivered)
+        # Questions that start together are claimed together: one transaction, not one each, on the
+        # database thread whose Python competes with the event loop for the interpreter.
+        self._claims = GroupCommit(self._begin_answers)
+        self._records = GroupCommit(_record_answers)
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -148,7 +152,6 @@ class AnswerWorker:
     async def _answer_question(
         self, question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None
     ) -> None:
-        model = self.pipeline.llm.model
         # Handed what the LLM needs, the answer starts now and the claim runs meanwhile: the database
         # is not on the way to the first word. Nothing is sent to anyone before the claim succeeds.
         early = None
@@ -163,9 +166,7 @@ class AnswerWorker:
             early = _StartedAnswer.start(self.pipeline, prepared)
         try:
             try:
-                begun = await database_sync_to_async(services.begin_answer)(
-                    question_id, self.name, self.default_voice, model, early.chosen if early else None
-                )
+                begun = await self._claims.submit((question_id, early.chosen if early else None))
             except Exception:
                 logger.exception("could not start answering question %s", question_id)
                 if reply_channel:
@@ -185,6 +186,9 @@ class AnswerWorker:
         finally:
             if early is not None:
                 await early.events.aclose()
+
+    def _begin_answers(self, claims: list[tuple[int, services.AnswerSettings | None]]) -> list[services.Begun | None]:
+        return services.begin_answers(claims, self.name, self.default_voice, self.pipeline.llm.model)
 
     async def _claim_if_abandoned(self, question_id: int, reply_channel: str | None) -> None:
         """A second copy of a question: claim it after CLAIM_GRACE, which fails unless the worker that
@@ -404,7 +408,7 @@ class AnswerWorker:
         # Listeners hear the end first; recording it must not delay them.
         await listeners.send(final, dashboard)
         try:
-            await database_sync_to_async(_record_answer)(answer_id, final, record, status)
+            await self._records.submit((answer_id, final, record, status))
         except Exception:
             logger.exception("could not record answer %s", answer_id)
 
@@ -436,15 +440,21 @@ class _StartedAnswer:
         return cls(pipeline.start(AnswerRequest(llm, chosen.voice)), chosen)
 
 
-def _record_answer(answer_id: int, final: dict[str, Any], record: _AnswerRecord, status: str | None) -> None:
-    services.finish_answer(
-        answer_id,
-        text=final.get("text", ""),
-        timings=final.get("timings", {}),
-        error=final.get("reason", ""),
-        chunks=record.rows(),  # here, off the event loop: it measures each chunk's audio
-        question_status=status,
+def _record_answers(ended: list[tuple[int, dict[str, Any], _AnswerRecord, str | None]]) -> list[None]:
+    services.finish_answers(
+        [
+            services.AnswerEnd(
+                answer_id,
+                text=final.get("text", ""),
+                timings=final.get("timings", {}),
+                error=final.get("reason", ""),
+                chunks=record.rows(),  # here, off the event loop: it measures each chunk's audio
+                question_status=status,
+            )
+            for answer_id, final, record, status in ended
+        ]
     )
+    return [None] * len(ended)
 
 
 class _Listeners:

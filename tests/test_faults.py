@@ -162,6 +162,67 @@ def test_a_question_is_claimed_by_one_worker_only(db):
     assert (question.status, question.worker, question.attempts) == ("answering", "worker-a", 1)
 
 
+@pytest.mark.db_matters
+def test_questions_claimed_together_are_each_claimed_once(db):
+    from answers.pipeline.tts import Voice
+
+    stream, _ = make_stream()
+    ask = [services.create_question(stream, f"Q{i}?", source=Question.Source.API, approved=True) for i in range(4)]
+    pending = services.create_question(stream, "Not yet?", source=Question.Source.API, approved=False)
+    assert services.claim_question(ask[3].pk, "worker-b") is not None
+    voice = Voice(engine="openai", name="alloy")
+    chosen = services.AnswerSettings("Be brief.", voice.replace(speed=1.5))
+
+    begun = services.begin_answers(
+        [(ask[0].pk, chosen), (ask[1].pk, None), (ask[0].pk, None), (ask[3].pk, None), (pending.pk, None),
+         (ask[2].pk, None)],
+        "worker-a", voice, "model-x",
+    )  # fmt: skip
+
+    assert [b is not None for b in begun] == [True, True, False, False, False, True]
+    (first, first_chosen), (second, _), *_ = filter(None, begun)
+    assert first_chosen == chosen and first.prompt_text == "Be brief." and first.voice["speed"] == 1.5
+    assert second.voice["name"] == "alloy" and second.model == "model-x"
+    answers = {a.question_id: a for a in Answer.objects.all()}
+    assert set(answers) == {ask[0].pk, ask[1].pk, ask[2].pk}
+    assert {b[0].pk for b in begun if b} == {a.pk for a in answers.values()}
+    workers = dict(Question.objects.values_list("pk", "worker"))
+    assert [workers[q.pk] for q in ask] == ["worker-a", "worker-a", "worker-a", "worker-b"]
+    assert Question.objects.get(pk=pending.pk).status == Question.Status.PENDING
+    # Claimed already: another worker's batch gets none of them.
+    assert services.begin_answers([(q.pk, None) for q in ask], "worker-c", voice, "m") == [None] * 4
+
+
+@pytest.mark.db_matters
+def test_answers_that_end_together_are_recorded_together(db):
+    from answers.models import AnswerChunk
+    from answers.pipeline.tts import Voice
+
+    stream, _ = make_stream()
+    ask = [services.create_question(stream, f"Q{i}?", source=Question.Source.API, approved=True) for i in range(3)]
+    voice = Voice(engine="openai", name="alloy")
+    (done, _), (failed, _), (skipped, _) = services.begin_answers([(q.pk, None) for q in ask], "w", voice, "m")
+    Question.objects.filter(pk=ask[2].pk).update(status=Question.Status.SKIPPED)  # a moderator, meanwhile
+    chunk = {"seq": 0, "caption": "Hi.", "speech": "Hi.", "audio": b"\xff\xfb", "audio_format": "mp3"}
+
+    second = {**chunk, "seq": 1, "caption": "There."}
+    services.finish_answers([
+        services.AnswerEnd(done.pk, "Hi. There.", {"total": 1.5}, chunks=[chunk, second]),
+        services.AnswerEnd(failed.pk, "Hi.", {}, error="tts_failed", chunks=[chunk]),
+        services.AnswerEnd(skipped.pk, "", {}, error="cancelled"),
+    ])  # fmt: skip
+
+    answers = Answer.objects.in_bulk([done.pk, failed.pk, skipped.pk])
+    assert (answers[done.pk].status, answers[done.pk].text, answers[done.pk].timings) == ("done", "Hi. There.",
+                                                                                         {"total": 1.5})  # fmt: skip
+    assert (answers[failed.pk].status, answers[failed.pk].error) == ("failed", "tts_failed")
+    assert answers[done.pk].finished_at is not None
+    chunks = list(AnswerChunk.objects.order_by("answer_id", "seq").values_list("answer_id", "seq", "caption"))
+    assert chunks == [(done.pk, 0, "Hi."), (done.pk, 1, "There."), (failed.pk, 0, "Hi.")]
+    statuses = dict(Question.objects.values_list("pk", "status"))
+    assert [statuses[q.pk] for q in ask] == ["answered", "failed", "skipped"]
+
+
 def test_a_stale_answer_is_requeued_once_then_failed(db):
     from datetime import timedelta
 
@@ -206,7 +267,7 @@ async def test_the_llm_is_asked_while_the_question_is_claimed_and_nothing_is_sen
 
     fake_openai.script.first_token_delay = 0.2
     listener = await open_listener()
-    claim = services.begin_answer
+    claim = services.begin_answers
     claimed_at = []
 
     def slow_claim(*args, **kwargs):
@@ -215,7 +276,7 @@ async def test_the_llm_is_asked_while_the_question_is_claimed_and_nothing_is_sen
         claimed_at.append(time.monotonic())
         return begun
 
-    monkeypatch.setattr(services, "begin_answer", slow_claim)
+    monkeypatch.setattr(services, "begin_answers", slow_claim)
     sent = time.monotonic()
     await listener.send_to(text_data=json.dumps({"type": "question", "question": "Slow claim?"}))
     first = await listener.receive_output(TIMEOUT)
@@ -241,12 +302,12 @@ async def test_a_question_someone_else_claimed_closes_the_llm_request_it_started
     listener = await open_listener()
     asked = asyncio.Event()
 
-    def taken(*args, **kwargs):
+    def taken(claims, *args, **kwargs):
         time.sleep(0.3)  # long enough for the LLM request to be under way
         asked.set()
-        return None  # another worker got there first
+        return [None for _ in claims]  # another worker got there first
 
-    monkeypatch.setattr(services, "begin_answer", taken)
+    monkeypatch.setattr(services, "begin_answers", taken)
     await listener.send_to(text_data=json.dumps({"type": "question", "question": "Taken?"}))
     async with asyncio.timeout(TIMEOUT):
         await asked.wait()
