@@ -290,22 +290,30 @@ def finish_answers(ends: list[AnswerEnd]) -> None:
     """Record how answers ended, with their chunks and audio, and settle their questions: one
     transaction for answers that end together, however many."""
     now = timezone.now()
+    ids = [end.answer_id for end in ends]
     with transaction.atomic():
-        answers = Answer.objects.select_for_update().in_bulk([end.answer_id for end in ends])
+        answers = {
+            pk: (question_id, timings)
+            for pk, question_id, timings in Answer.objects.select_for_update()
+            .filter(pk__in=ids)
+            .values_list("pk", "question_id", "timings")
+        }
         settled: dict[str, list[int]] = {}
         for end in ends:
-            answer = answers[end.answer_id]
-            answer.text = end.text
-            answer.timings = {**answer.timings, **end.timings}  # a reviewed answer keeps how it was written
-            answer.error = end.error[:500]
-            answer.status = Answer.Status.FAILED if end.error else Answer.Status.DONE
-            answer.finished_at = now
+            question_id, timings = answers[end.answer_id]
+            # One UPDATE each: Django's bulk_update builds a CASE per field and row, costlier than these.
+            Answer.objects.filter(pk=end.answer_id).update(
+                text=end.text,
+                timings={**timings, **end.timings},  # a reviewed answer keeps how it was written
+                error=end.error[:500],
+                status=Answer.Status.FAILED if end.error else Answer.Status.DONE,
+                finished_at=now,
+            )
             status = end.question_status or (Question.Status.FAILED if end.error else Question.Status.ANSWERED)
-            settled.setdefault(status, []).append(answer.question_id)
-        Answer.objects.bulk_update(answers.values(), ["text", "timings", "error", "status", "finished_at"])
-        AnswerChunk.objects.filter(answer__in=list(answers)).delete()
+            settled.setdefault(status, []).append(question_id)
+        AnswerChunk.objects.filter(answer__in=ids).delete()
         AnswerChunk.objects.bulk_create(
-            AnswerChunk(answer=answers[end.answer_id], **chunk) for end in ends for chunk in end.chunks
+            AnswerChunk(answer_id=end.answer_id, **chunk) for end in ends for chunk in end.chunks
         )
         for status, question_ids in settled.items():
             # A question a moderator skipped meanwhile stays skipped.

@@ -116,7 +116,7 @@ def redis_channel_layers(url: str, **config: object) -> dict[str, dict[str, obje
 
     "default", for everything that reaches listeners and for each worker's own channel: channels-redis'
     pub/sub layer, where each process holds one subscription and hands messages to its consumers from
-    memory. (The list-based layer lost audio chunks in the soak test, with listeners connecting and
+    memory, publishing in batches (answers.layers). (The list-based layer lost audio chunks in the soak test, with listeners connecting and
     disconnecting all the time, and delivered a group message once per member.)
 
     "workers", for handing questions to workers: the list-based layer, so that a question waits in
@@ -124,7 +124,7 @@ def redis_channel_layers(url: str, **config: object) -> dict[str, dict[str, obje
     """
     hosts = [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}]
     return {
-        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": hosts, **config}},
+        "default": {"BACKEND": "answers.layers.PipelinedPubSubChannelLayer", "CONFIG": {"hosts": hosts, **config}},
         LIVEQA_WORKERS_LAYER: {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {"hosts": hosts, "capacity": env_int("LIVEQA_CHANNEL_CAPACITY", 1000), "expiry": 300, **config},

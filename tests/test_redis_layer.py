@@ -62,6 +62,35 @@ async def test_audio_messages_survive_msgpack_as_bytes_and_split_under_the_limit
     assert [m["last"] for m in received] == [False, True]
 
 
+async def test_a_burst_of_messages_is_published_in_a_few_round_trips_each_senders_in_order(redis_layer, monkeypatch):
+    from redis.asyncio.client import Pipeline
+
+    round_trips = []
+    execute = Pipeline.execute
+
+    async def counted(self, *args, **kwargs):
+        round_trips.append(len(self.command_stack))
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", counted)
+    channel = await redis_layer.new_channel()
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    member = await redis_layer.new_channel()
+    await redis_layer.group_add(group, member)
+
+    async def sender(name: str) -> None:
+        for n in range(40):
+            await redis_layer.send(channel, {"type": "test", "sender": name, "n": n})
+
+    await asyncio.gather(*(sender(name) for name in "abcde"), redis_layer.group_send(group, {"type": "group"}))
+
+    received = [await asyncio.wait_for(redis_layer.receive(channel), TIMEOUT) for _ in range(200)]
+    for name in "abcde":
+        assert [m["n"] for m in received if m["sender"] == name] == list(range(40))
+    assert await asyncio.wait_for(redis_layer.receive(member), TIMEOUT) == {"type": "group"}
+    assert sum(round_trips) == 201 and len(round_trips) <= 45  # 201 messages, the most 5 senders await at once
+
+
 async def test_question_is_answered_through_redis(redis_worker, fake_openai):
     _, key = await database_sync_to_async(make_stream)()
     listener = WebsocketCommunicator(application, f"/live/answer?key={key}")

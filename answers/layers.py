@@ -1,0 +1,57 @@
+"""The channel layer that reaches listeners: channels-redis' pub/sub layer, publishing in batches.
+
+channels-redis publishes one message at a time per Redis connection, under a lock held for the whole
+round trip. A worker answering 25 questions sends about 2,000 messages a burst (chunks and their audio,
+to each listener and dashboard), so an audio piece waited behind every message queued before it: up to
+200 ms between a worker receiving a first piece of speech and its listener's Redis having it. Here the
+messages queued while one round trip is in flight go together in the next (one pipeline of PUBLISH
+commands, in the order they were sent), so a burst costs a few round trips instead of one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
+from channels_redis.utils import _wrap_close
+
+from .group_commit import GroupCommit
+
+
+class PipelinedPubSubChannelLayer(RedisPubSubChannelLayer):
+    """RedisPubSubChannelLayer whose `send` and `group_send` publish through pipelines."""
+
+    def _get_layer(self) -> RedisPubSubLoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = self._layers[loop] = _PipelinedLoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            _wrap_close(self, loop)
+        return layer
+
+
+class _PipelinedLoopLayer(RedisPubSubLoopLayer):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._publishers = {id(shard): GroupCommit(functools.partial(_publish, shard)) for shard in self._shards}
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        await self._publish(channel, message)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await self._publish(self._get_group_channel_name(group), message)
+
+    async def _publish(self, channel: str, message: dict[str, Any]) -> None:
+        publisher = self._publishers[id(self._get_shard(channel))]
+        await publisher.submit((channel, self.channel_layer.serialize(message)))
+
+
+async def _publish(shard: RedisSingleShardConnection, messages: list[tuple[str, bytes]]) -> list[int]:
+    """One round trip for `messages`, published in order on one of the shard's pooled connections."""
+    shard._ensure_redis()  # the shard's client, opened on first use and closed by its flush
+    async with shard._redis.pipeline(transaction=False) as pipe:
+        for channel, payload in messages:
+            pipe.publish(channel, payload)
+        return await pipe.execute()
