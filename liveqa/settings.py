@@ -116,8 +116,9 @@ def redis_channel_layers(url: str, **config: object) -> dict[str, dict[str, obje
 
     "default", for everything that reaches listeners and for each worker's own channel: channels-redis'
     pub/sub layer, where each process holds one subscription and hands messages to its consumers from
-    memory, publishing in batches (answers.layers). (The list-based layer lost audio chunks in the soak test, with listeners connecting and
-    disconnecting all the time, and delivered a group message once per member.)
+    memory, publishing in batches (answers.layers). (The list-based layer lost audio chunks in the soak
+    test, with listeners connecting and disconnecting all the time, and delivered a group message once
+    per member.)
 
     "workers", for handing questions to workers: the list-based layer, so that a question waits in
     Redis until a worker is free to take it, even one that is still starting.
