@@ -18,4 +18,4 @@ RUN SECRET_KEY=build-only python manage.py collectstatic --noinput -v 0
 RUN useradd --system --home /app liveqa && chown -R liveqa /app
 USER liveqa
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "liveqa.asgi:application"]
+CMD ["python", "-m", "liveqa.serve", "-b", "0.0.0.0", "-p", "8000", "liveqa.asgi:application"]

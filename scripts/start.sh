@@ -30,4 +30,4 @@ export ALLOWED_HOSTS=${ALLOWED_HOSTS:-localhost,127.0.0.1,[::1],$HOST}
 .venv/bin/python manage.py migrate --noinput -v 0
 .venv/bin/python manage.py collectstatic --noinput -v 0
 .venv/bin/python manage.py setupdemo --base-url "http://$HOST:$PORT"
-exec .venv/bin/python -m daphne -b "$HOST" -p "$PORT" liveqa.asgi:application
+exec .venv/bin/python -m liveqa.serve -b "$HOST" -p "$PORT" liveqa.asgi:application

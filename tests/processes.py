@@ -83,9 +83,8 @@ class LiveQA:
         self.stream = json.loads(
             self.manage("createstream", "E2E stream", "--json", "--base-url", f"http://127.0.0.1:{self.web_port}")
         )
-        self.processes["web"] = self._spawn(
-            "web", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.web_port), "liveqa.asgi:application"]
-        )
+        web = [PYTHON, "-m", "liveqa.serve", "-b", "127.0.0.1", "-p", str(self.web_port), "liveqa.asgi:application"]
+        self.processes["web"] = self._spawn("web", web)
         for i in range(self.workers):
             self.start_worker(i)
         wait_for_port(self.web_port)

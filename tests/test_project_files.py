@@ -13,7 +13,7 @@ def test_compose_runs_redis_postgres_web_and_worker_from_one_image():
     services = compose["services"]
     assert {"redis", "postgres", "web", "worker"} <= set(services)
     assert services["web"]["build"] == services["worker"]["build"] == "."
-    assert "daphne" in str(services["web"]["command"]) and "answerworker" in services["worker"]["command"]
+    assert "liveqa.serve" in str(services["web"]["command"]) and "answerworker" in services["worker"]["command"]
     for name in ("web", "worker"):
         assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis")
         assert services[name]["environment"]["DATABASE_URL"].startswith("postgres://")

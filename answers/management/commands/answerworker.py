@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, connection
 
-from liveqa.startup import freeze_startup_heap
+from liveqa.startup import freeze_startup_heap, run_event_loop
 
 logger = logging.getLogger("answers.worker")
 
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             )
             raise SystemExit(2)
         self.wait_for_database()
-        asyncio.run(self.serve(concurrency, channel))
+        run_event_loop(self.serve(concurrency, channel))
 
     def wait_for_database(self):
         """A worker started before its database waits for it, saying why, instead of crash-looping."""
