@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import websockets
 
+from liveqa.startup import run_event_loop
 from tests.fakes.openai_server import split_tokens, synthesis_seconds
 
 from .client import MP3_BYTES_PER_SECOND, AnswerTrace, Overlay, ask, percentile
@@ -431,7 +432,7 @@ def _probe(url: str, connection: Any) -> None:
                 pings.append(time.monotonic() - sent)
         return pings
 
-    connection.send(asyncio.run(run()))
+    connection.send(run_event_loop(run()))
 
 
 async def scenario_slow_tts(options: Options) -> dict[str, Any]:
