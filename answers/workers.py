@@ -10,10 +10,12 @@ and held; a moderator's `answer.speak` has it spoken later, by any worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 # A question delivered twice is claimed by the copy that arrived first; the other copy claims it only if
 # it is still unclaimed this much later (the first worker died in between).
 CLAIM_GRACE = 2.0
+# Once the chunks sent to a listener will play for longer than this, a later chunk's audio goes whole.
+HOLD_WHEN_AHEAD = 1.5  # seconds
 
 
 class AnswerWorker:
@@ -302,6 +306,7 @@ class AnswerWorker:
             request = AnswerRequest(LLMRequest(question=question.text, system_prompt=chosen.prompt_text), chosen.voice)
             running = _StartedAnswer(pipeline.start(request), chosen)
         record = _AnswerRecord()
+        audio = _PacedAudio(lambda frame: self._send_audio(listeners, answer.pk, frame))
         final: dict[str, Any] | None = None
         started = running.started
         try:
@@ -316,12 +321,10 @@ class AnswerWorker:
                         await listeners.send(chunk, dashboard)
                     elif isinstance(event, AudioFrame):
                         record.audio(event)
-                        for piece in events.audio_messages(
-                            answer.pk, event.seq, event.data, event.format, event.sample_rate, event.last
-                        ):
-                            await listeners.send(piece)
+                        await audio.add(event, record.duration(event.seq) if event.last else None)
                     elif isinstance(event, ChunkFailed):
                         record.failed(event)
+                        await audio.flush()  # what the chunk had before its speech broke off
                         await listeners.send(
                             events.message(
                                 events.CHUNK_FAILED,
@@ -334,15 +337,23 @@ class AnswerWorker:
                         )
                     elif isinstance(event, AnswerDone | AnswerFailed):
                         record.timed(event.chunks)
+                        await audio.flush()
                         final = self._finish_event(event, ids)
         except asyncio.CancelledError:
             final = events.message(events.FAILED, reason="cancelled", text=record.text(), timings={}, **ids)
             raise
         finally:
+            await audio.aclose()
             final = final or events.message(events.FAILED, reason="internal_error", text="", timings={}, **ids)
             status = Question.Status.SKIPPED if final.get("reason") == "cancelled" else None
             # Recording and telling the listeners must happen even while this task is being cancelled.
             await asyncio.shield(self._settle(answer.pk, final, record, status, listeners, dashboard))
+
+    @staticmethod
+    async def _send_audio(listeners: _Listeners, answer_id: int, frame: AudioFrame) -> None:
+        for piece in events.audio_messages(answer_id, frame.seq, frame.data, frame.format, frame.sample_rate,
+                                           frame.last):  # fmt: skip
+            await listeners.send(piece)
 
     async def _write_for_review(self, answer: Answer, chosen: services.AnswerSettings) -> None:
         """Write the answer's text and hold it for the stream's moderators; nothing is spoken yet, so
@@ -483,6 +494,102 @@ class _Listeners:
             logger.warning("could not deliver %s: %s", message.get("type"), exc)
 
 
+class _AudioPacer:
+    """Whether an answer's audio goes to its listeners piece by piece, as it is synthesized, or a chunk
+    at a time.
+
+    Pieces go at once while a listener has little audio in hand: the first chunk, or speech synthesized
+    barely faster than it plays. Once the chunks already sent will play for more than HOLD_WHEN_AHEAD
+    seconds, a later chunk's pieces are held and go as one when the chunk is complete, or when the audio
+    in hand has fallen to HOLD_WHEN_AHEAD (`due`). Every piece costs a layer message, and a WebSocket
+    event and frame, at every hop; a chunk that will not play for seconds is heard no sooner in pieces.
+    The bytes, their order and the chunk's end are the same either way. Once a chunk's duration cannot
+    be read (opus, say), the rest of the answer goes piece by piece."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.playing_from: float | None = None  # when the first audio went out
+        self.sent_seconds = 0.0  # the complete chunks' audio sent so far
+        self.durations_known = True
+        self.held: list[AudioFrame] = []
+
+    def add(self, frame: AudioFrame, chunk_seconds: float | None) -> AudioFrame | None:
+        """`frame` has arrived (`chunk_seconds`: its chunk's duration, when `frame` is the chunk's last):
+        what goes now, the pieces held before it included, or None while it is held."""
+        now = self.clock()
+        if self.playing_from is None:
+            self.playing_from = now
+        if not frame.last and self.durations_known and self.playing_from + self.sent_seconds - now > HOLD_WHEN_AHEAD:
+            self.held.append(frame)
+            return None
+        self.held.append(frame)
+        if frame.last:
+            if chunk_seconds is None:
+                self.durations_known = False
+            else:
+                self.sent_seconds += chunk_seconds
+        return self.take()
+
+    def due(self) -> float | None:
+        """When the held pieces must go (on `clock`), or None if none are held."""
+        if not self.held or self.playing_from is None:
+            return None
+        return self.playing_from + self.sent_seconds - HOLD_WHEN_AHEAD
+
+    def take(self) -> AudioFrame | None:
+        """The held pieces as one frame, or None if none are held."""
+        if not self.held:
+            return None
+        held, self.held = self.held, []
+        return held[0] if len(held) == 1 else dataclasses.replace(held[-1], data=b"".join(f.data for f in held))
+
+
+class _PacedAudio:
+    """Sends an answer's audio as its _AudioPacer says, and held pieces when they are due even if no
+    more audio arrives by then. Sends never overlap, so the messages go in the order of the audio."""
+
+    def __init__(self, send: Callable[[AudioFrame], Awaitable[None]], pacer: _AudioPacer | None = None):
+        self.send = send
+        self.pacer = pacer or _AudioPacer()
+        self.lock = asyncio.Lock()
+        self.timer: asyncio.TimerHandle | None = None
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def add(self, frame: AudioFrame, chunk_seconds: float | None) -> None:
+        async with self.lock:
+            ready = self.pacer.add(frame, chunk_seconds)
+            if ready is not None:
+                self._stop_timer()
+                await self.send(ready)
+            elif self.timer is None and (due := self.pacer.due()) is not None:
+                delay = max(0.0, due - self.pacer.clock())
+                self.timer = asyncio.get_running_loop().call_later(delay, self._due)
+
+    async def flush(self) -> None:
+        """Send what is held, now."""
+        async with self.lock:
+            self._stop_timer()
+            if (ready := self.pacer.take()) is not None:
+                await self.send(ready)
+
+    def _due(self) -> None:
+        self.timer = None
+        self.flushing = asyncio.create_task(self.flush(), name="answer-audio-due")
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    async def aclose(self) -> None:
+        """Stop: what is still held is dropped (an answer that ends has flushed; a cancelled one is
+        silenced), and a due send under way is cancelled and awaited."""
+        self._stop_timer()
+        if self.flushing is not None and not self.flushing.done():
+            self.flushing.cancel()
+            await asyncio.wait({self.flushing})
+
+
 class _AnswerRecord:
     """What was spoken, kept for the database: each chunk's text, audio, timings or failure."""
 
@@ -500,6 +607,14 @@ class _AnswerRecord:
         row["audio"] += event.data
         row["audio_format"], row["sample_rate"] = event.format, event.sample_rate
 
+    def duration(self, seq: int) -> float | None:
+        """Seconds of audio complete chunk `seq` has, if its format tells (measured once, kept for rows)."""
+        row = self.chunks[seq]
+        if "duration" not in row:
+            audio = bytes(row["audio"])
+            row["duration"] = audio_duration(audio, row["audio_format"], row["sample_rate"]) if audio else None
+        return row["duration"]
+
     def failed(self, event: ChunkFailed) -> None:
         self.chunks[event.seq]["error"] = event.error[:500]
 
@@ -513,9 +628,6 @@ class _AnswerRecord:
         return " ".join(row["caption"] for row in self.chunks.values())
 
     def rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for row in self.chunks.values():
-            audio = bytes(row["audio"])
-            duration = audio_duration(audio, row["audio_format"], row["sample_rate"]) if audio else None
-            rows.append({**row, "audio": audio, "duration": duration})
-        return rows
+        return [
+            {**row, "audio": bytes(row["audio"]), "duration": self.duration(seq)} for seq, row in self.chunks.items()
+        ]

@@ -39,6 +39,7 @@ STANDARD_SCRIPT: dict[str, Any] = {
     "tts_per_char": 0.005,
     "tts_pieces": 4,
     "tts_audio_bytes_per_char": round(SECONDS_PER_CHAR * MP3_BYTES_PER_SECOND),
+    "tts_mp3_frames": True,  # audio whose duration can be read, as a real provider's MP3
 }
 # Synthesis barely faster than speech: first byte to last ≈ 0.9 × the audio's duration.
 SLOW_PIECES = 8

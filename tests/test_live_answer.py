@@ -161,3 +161,28 @@ async def test_a_wrong_or_missing_key_is_refused_before_accepting(embedded_worke
         connected, _ = await communicator.connect(TIMEOUT)
         assert not connected
         await communicator.disconnect()
+
+
+async def test_later_chunks_arrive_whole_once_the_listener_has_plenty_of_audio(listener, fake_openai):
+    from tests.fakes.openai_server import fake_audio, mp3_frames
+
+    script = fake_openai.script
+    script.tokens = split_tokens(
+        "One two three four five six seven. Eight nine ten eleven twelve thirteen. Fourteen fifteen sixteen seventeen."
+    )
+    script.tts_pieces, script.tts_mp3_frames, script.tts_audio_bytes_per_char = 4, True, 480  # 60 ms a letter
+    await listener.send_to(text_data=json.dumps({"type": "hello", "protocol": 2}))
+    await listener.receive_from(TIMEOUT)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Count?"}))
+    frames = await receive_events_until(listener, "answer.done", "answer.failed")
+
+    audio: dict[int, list[bytes]] = {}
+    for i, frame in enumerate(frames):
+        if isinstance(frame, dict) and frame["type"] == "answer.audio":
+            audio.setdefault(frame["seq"], []).append(frames[i + 1] if frame["size"] else b"")
+    texts = [request["body"]["input"] for request in fake_openai.speech_requests]
+    for seq, text in enumerate(texts):  # every byte of every chunk, in order
+        assert b"".join(audio[seq]) == fake_audio(text) + mp3_frames(len(text) * 480 - len(fake_audio(text)))
+    assert len(texts) == 3
+    assert len(audio[0]) == 5  # the first chunk as it was synthesized: 4 pieces and the end
+    assert len(audio[1]) == len(audio[2]) == 1  # then, with seconds of audio still to play, whole chunks

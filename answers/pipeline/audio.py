@@ -105,6 +105,9 @@ _MP3_BITRATES = {
 _MP3_SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 
 
+_HEADER = struct.Struct(">I")
+
+
 def _mp3_duration(data: bytes) -> float | None:
     """Sum of the frames' durations, skipping an ID3v2 tag and LAME's Xing/Info frame."""
     position = 0
@@ -113,7 +116,7 @@ def _mp3_duration(data: bytes) -> float | None:
         position = 10 + size
     seconds, frames = 0.0, 0
     while position + 4 <= len(data):
-        header = int.from_bytes(data[position : position + 4], "big")
+        (header,) = _HEADER.unpack_from(data, position)
         version_bits = (header >> 19) & 3
         bitrate_index = (header >> 12) & 15
         rate_index = (header >> 10) & 3
@@ -136,11 +139,16 @@ def _mp3_duration(data: bytes) -> float | None:
         samples = 1152 if version == 1 else 576
         padding = (header >> 9) & 1
         length = samples // 8 * _MP3_BITRATES[version][bitrate_index] * 1000 // sample_rate + padding
-        if b"Xing" not in data[position : position + 40] and b"Info" not in data[position : position + 40]:
+        if frames or not _info_frame(data, position):  # only a first frame can be one
             seconds += samples / sample_rate
         frames += 1
         position += length
     return seconds if frames else None
+
+
+def _info_frame(data: bytes, position: int) -> bool:
+    """Whether the frame at `position` is LAME's Xing/Info frame, which holds no audio."""
+    return data.find(b"Xing", position, position + 40) >= 0 or data.find(b"Info", position, position + 40) >= 0
 
 
 def audio_duration(data: bytes, fmt: str, sample_rate: int) -> float | None:

@@ -38,6 +38,17 @@ def fake_audio(text: str) -> bytes:
     return f"AUDIO[{text}]".encode()
 
 
+# An MPEG-2 layer III frame header: 64 kbit/s, 24 kHz, mono, no CRC. Each frame is 192 bytes, 24 ms.
+MP3_FRAME_HEADER = bytes((0xFF, 0xF3, 0x84, 0xC0))
+MP3_FRAME_BYTES = 192
+
+
+def mp3_frames(size: int) -> bytes:
+    """Silent MP3 frames filling at least `size` bytes."""
+    frame = MP3_FRAME_HEADER + bytes(MP3_FRAME_BYTES - len(MP3_FRAME_HEADER))
+    return frame * -(-size // MP3_FRAME_BYTES)
+
+
 def wav_audio(seconds: float = 0.3, sample_rate: int = 24000, pitch: float = 440.0) -> bytes:
     """A real, decodable 16-bit mono WAV (a quiet sine), for clients that decode what they receive."""
     frames = bytearray()
@@ -76,6 +87,9 @@ class Script:
     tts_audio_bytes: int = 0  # pad each chunk's audio to at least this many bytes
     tts_audio_bytes_per_char: int = 0  # ... or to len(text) × this (audio as long as the text takes to say)
     tts_real_wav: bool = False  # answer with a real 0.3 s WAV instead of the text-naming stand-in
+    # Pad with silent MP3 frames (64 kbit/s, 24 kHz mono) rather than zeros: the padded audio is then a
+    # stream of frames whose duration can be read, as a real provider's MP3 can.
+    tts_mp3_frames: bool = False
 
 
 class FakeOpenAI:
@@ -193,7 +207,10 @@ class FakeOpenAI:
                 return web.json_response({"error": {"message": "scripted TTS failure"}}, status=500)
             audio = wav_audio() if script.tts_real_wav else fake_audio(text)
             size = max(script.tts_audio_bytes, len(text) * script.tts_audio_bytes_per_char)
-            audio += b"\0" * max(0, size - len(audio))
+            if script.tts_mp3_frames:
+                audio += mp3_frames(max(0, size - len(audio)))
+            else:
+                audio += b"\0" * max(0, size - len(audio))
             record["bytes"] = len(audio)
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             await response.prepare(request)
