@@ -165,10 +165,10 @@ METHOD = """## Method
 
 - **System under test**: `tests.processes.LiveQA` — daphne (`python -m liveqa.serve`, on uvloop) and
   `manage.py answerworker` processes on the real Redis channel layer, a temporary SQLite database —
-  started fresh for every scenario, on the test suite's fake OpenAI server (`tests/fakes/openai_server.py`), which paces tokens and audio
-  against deadlines from each request's arrival, logs when each was written (`GET /log`), and here
-  answers with silent 64 kbit/s MP3 frames, 60 ms of them per character of text. The fake and the
-  clients run on uvloop too.
+  started fresh for every scenario, on the test suite's fake OpenAI server
+  (`tests/fakes/openai_server.py`), which paces tokens and audio against deadlines from each request's
+  arrival, logs when each was written (`GET /log`), and here answers with silent 64 kbit/s MP3 frames,
+  60 ms of them per character of text. The fake and the clients run on uvloop too.
 - **Script** (standard): 92 word-sized tokens, first token after 300 ms, then one every 20 ms; speech
   answers its first byte after 150 ms, then streams 4 pieces at 5 ms per character (≈ 12× faster than
   the audio plays). Slow TTS: first byte after 50 ms, 8 pieces paced so synthesis ≈ 0.9 × the audio.
