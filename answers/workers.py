@@ -351,8 +351,8 @@ class AnswerWorker:
 
     @staticmethod
     async def _send_audio(listeners: _Listeners, answer_id: int, frame: AudioFrame) -> None:
-        for piece in events.audio_messages(answer_id, frame.seq, frame.data, frame.format, frame.sample_rate,
-                                           frame.last):  # fmt: skip
+        audio = (frame.data, frame.format, frame.sample_rate, frame.last)
+        for piece in events.audio_messages(answer_id, frame.seq, *audio):
             await listeners.send(piece)
 
     async def _write_for_review(self, answer: Answer, chosen: services.AnswerSettings) -> None:
@@ -519,10 +519,10 @@ class _AudioPacer:
         now = self.clock()
         if self.playing_from is None:
             self.playing_from = now
-        if not frame.last and self.durations_known and self.playing_from + self.sent_seconds - now > HOLD_WHEN_AHEAD:
-            self.held.append(frame)
-            return None
         self.held.append(frame)
+        in_hand = self.playing_from + self.sent_seconds - now  # seconds of sent audio not yet played
+        if not frame.last and self.durations_known and in_hand > HOLD_WHEN_AHEAD:
+            return None
         if frame.last:
             if chunk_seconds is None:
                 self.durations_known = False
