@@ -105,17 +105,31 @@ class OpenAISpeech(TTSEngine):
         return AudioFormat(voice.format, self.SAMPLE_RATE)
 
     async def synthesize(self, text: str, voice: Voice) -> AsyncIterator[bytes]:
+        # Posted as a plain body and read as the raw response, like the LLM's stream: the client still
+        # sends, authenticates and raises its errors, but skips `audio.speech.create`'s typed transform
+        # of the parameters and its response wrappers, about a third of the request's CPU (13 requests
+        # an answer, 25 answers a worker in a burst).
+        body = {
+            "model": self.model,
+            "voice": voice.name,
+            "input": text,
+            "speed": voice.speed,
+            "response_format": voice.format,
+        }
         try:
-            async with self.client.audio.speech.with_streaming_response.create(
-                model=self.model,
-                voice=voice.name,
-                input=text,
-                speed=voice.speed,
-                response_format=voice.format,  # type: ignore[arg-type]
-            ) as response:
-                async for data in response.iter_bytes():
+            response = await self.client.post(
+                "/audio/speech",
+                body=body,
+                cast_to=httpx.Response,
+                stream=True,
+                options={"headers": {"Accept": "application/octet-stream"}},
+            )
+            try:
+                async for data in response.aiter_bytes():
                     if data:
                         yield data
+            finally:
+                await response.aclose()
         except openai.APIStatusError as exc:
             raise TTSError(f"speech endpoint answered {exc.status_code}") from exc
         except openai.APIError as exc:
