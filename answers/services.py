@@ -101,17 +101,24 @@ _CLAIMED_WITH = ("stream", "prompt", "voice", "stream__default_prompt", "stream_
 
 def claim_question(question_id: int, worker: str) -> Question | None:
     """Approved → answering, only if nobody else got there first (a conditional update)."""
+    return claim_questions({question_id}, worker).get(question_id)
+
+
+def claim_questions(question_ids: set[int], worker: str) -> dict[int, Question]:
+    """Approved → answering for those of `question_ids` nobody else got to first: one conditional
+    UPDATE, then the rows it claimed, told apart from earlier claims by the claim's moment."""
     now = timezone.now()
-    claimed = Question.objects.filter(pk=question_id, status=Question.Status.APPROVED).update(
+    Question.objects.filter(pk__in=question_ids, status=Question.Status.APPROVED).update(
         status=Question.Status.ANSWERING,
         worker=worker,
         attempts=F("attempts") + 1,
         started_at=now,
         heartbeat_at=now,
     )
-    if not claimed:
-        return None
-    return Question.objects.select_related(*_CLAIMED_WITH).get(pk=question_id)
+    claimed = Question.objects.select_related(*_CLAIMED_WITH).filter(
+        pk__in=question_ids, status=Question.Status.ANSWERING, worker=worker, started_at=now
+    )
+    return {question.pk: question for question in claimed}
 
 
 def claim_next_for_stream(stream_id: int, worker: str) -> Question | None:
@@ -176,23 +183,8 @@ def begin_answers(
     many there are (a worker starts a burst of questions together). Each claim is a question id and the
     prompt and voice its answer was already started with (resolved when it was stored), or None. A
     question someone else claimed first, or one named twice, is None after its first claim."""
-    ids = {question_id for question_id, _ in claims}
-    now = timezone.now()
     with transaction.atomic():
-        Question.objects.filter(pk__in=ids, status=Question.Status.APPROVED).update(
-            status=Question.Status.ANSWERING,
-            worker=worker,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            heartbeat_at=now,
-        )
-        # The rows this update claimed, told apart from earlier claims by their claim's moment.
-        claimed = {
-            question.pk: question
-            for question in Question.objects.select_related(*_CLAIMED_WITH).filter(
-                pk__in=ids, status=Question.Status.ANSWERING, worker=worker, started_at=now
-            )
-        }
+        claimed = claim_questions({question_id for question_id, _ in claims}, worker)
         begun: list[Begun | None] = []
         for question_id, chosen in claims:
             question = claimed.pop(question_id, None)
@@ -200,7 +192,7 @@ def begin_answers(
                 begun.append(None)
                 continue
             chosen = chosen or answer_settings(question, default_voice)
-            begun.append((new_answer(question, chosen, model, held=held_for_review(question)), chosen))
+            begun.append((new_answer(question, chosen, model), chosen))
         Answer.objects.bulk_create([answer for answer, _ in filter(None, begun)])
     return begun
 
@@ -214,7 +206,7 @@ def begin_next_answer(stream_id: int, worker: str, default_voice: Voice, model: 
 
 def _open_answer(question: Question, default_voice: Voice, model: str) -> Begun:
     chosen = answer_settings(question, default_voice)
-    answer = new_answer(question, chosen, model, held=held_for_review(question))
+    answer = new_answer(question, chosen, model)
     answer.save()
     return answer, chosen
 
@@ -225,12 +217,13 @@ def held_for_review(question: Question) -> bool:
     return question.stream.hold_answers_for_review and question.source != Question.Source.LIVE
 
 
-def new_answer(question: Question, chosen: AnswerSettings, model: str, *, held: bool = False) -> Answer:
-    """An answer not yet saved, opened with the prompt and voice it is spoken with."""
+def new_answer(question: Question, chosen: AnswerSettings, model: str) -> Answer:
+    """An answer not yet saved, opened with the prompt and voice it is spoken with; held for review if
+    its question's stream asks for that."""
     voice = chosen.voice
     return Answer(
         question=question,
-        status=Answer.Status.HELD if held else Answer.Status.SPEAKING,
+        status=Answer.Status.HELD if held_for_review(question) else Answer.Status.SPEAKING,
         prompt_text=chosen.prompt_text,
         voice={
             "engine": voice.engine,

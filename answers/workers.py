@@ -459,7 +459,7 @@ def _record_answers(ended: list[tuple[int, dict[str, Any], _AnswerRecord, str | 
                 text=final.get("text", ""),
                 timings=final.get("timings", {}),
                 error=final.get("reason", ""),
-                chunks=record.rows(),  # here, off the event loop: it measures each chunk's audio
+                chunks=record.rows(),  # here, off the event loop: it copies (and measures) the audio
                 question_status=status,
             )
             for answer_id, final, record, status in ended
@@ -520,8 +520,7 @@ class _AudioPacer:
         if self.playing_from is None:
             self.playing_from = now
         self.held.append(frame)
-        in_hand = self.playing_from + self.sent_seconds - now  # seconds of sent audio not yet played
-        if not frame.last and self.durations_known and in_hand > HOLD_WHEN_AHEAD:
+        if not frame.last and self.durations_known and now < self._hold_until():
             return None
         if frame.last:
             if chunk_seconds is None:
@@ -532,8 +531,11 @@ class _AudioPacer:
 
     def due(self) -> float | None:
         """When the held pieces must go (on `clock`), or None if none are held."""
-        if not self.held or self.playing_from is None:
-            return None
+        return self._hold_until() if self.held and self.playing_from is not None else None
+
+    def _hold_until(self) -> float:
+        """The moment the audio sent will have HOLD_WHEN_AHEAD seconds left to play."""
+        assert self.playing_from is not None
         return self.playing_from + self.sent_seconds - HOLD_WHEN_AHEAD
 
     def take(self) -> AudioFrame | None:
@@ -548,9 +550,9 @@ class _PacedAudio:
     """Sends an answer's audio as its _AudioPacer says, and held pieces when they are due even if no
     more audio arrives by then. Sends never overlap, so the messages go in the order of the audio."""
 
-    def __init__(self, send: Callable[[AudioFrame], Awaitable[None]], pacer: _AudioPacer | None = None):
+    def __init__(self, send: Callable[[AudioFrame], Awaitable[None]]):
         self.send = send
-        self.pacer = pacer or _AudioPacer()
+        self.pacer = _AudioPacer()
         self.lock = asyncio.Lock()
         self.timer: asyncio.TimerHandle | None = None
         self.flushing: asyncio.Task[None] | None = None
