@@ -22,8 +22,9 @@ Result = TypeVar("Result")
 
 @dataclass
 class _Waiting(Generic[Item, Result]):
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     items: list[tuple[Item, asyncio.Future[Result]]] = field(default_factory=list)
+    busy: bool = False  # a write is in flight
+    drain: asyncio.Task[None] | None = None
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -31,10 +32,13 @@ class GroupCommit(Generic[Item, Result]):
     for the list it is given; one result per item, in order) and returns its result. A synchronous
     `write_many` runs on the database thread; a coroutine function is awaited.
 
-    Whoever holds the lock writes everything submitted so far, its own item included; those who queued
-    meanwhile find theirs written when the lock comes to them. No task outlives its writer: the
-    caller that writes a batch awaits it (shielded, so a cancelled caller does not drop the others'
-    items). If a batch fails, each of its items is written on its own, so one bad item fails alone."""
+    When nothing is being written, the caller writes its item at once, itself. What is submitted while
+    a write is in flight is written by the commit's own drain task, everything queued in one batch, and
+    the next batch as soon as that one is written: under load a batch waits for the write before it and
+    for nothing else (no lock to hand over, no task per batch, each a turn of the event loop). A caller
+    that is cancelled gets no result, but an item already taken is written all the same; one not yet
+    taken is dropped. If a batch fails, each of its items is written on its own, so one bad item fails
+    alone."""
 
     def __init__(
         self,
@@ -43,7 +47,7 @@ class GroupCommit(Generic[Item, Result]):
         self.write_many: Callable[[list[Item]], Awaitable[list[Result]]] = (
             write_many if inspect.iscoroutinefunction(write_many) else database_sync_to_async(write_many)
         )
-        # One queue per event loop: a lock belongs to the loop it is first used on.
+        # One queue per event loop: futures and tasks belong to the loop they are made on.
         self._waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiting[Item, Result]] = (
             weakref.WeakKeyDictionary()
         )
@@ -51,20 +55,46 @@ class GroupCommit(Generic[Item, Result]):
     async def submit(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
         waiting = self._waiting.setdefault(loop, _Waiting())
+        if not waiting.busy:
+            waiting.busy = True
+            try:
+                (result,) = await self.write_many([item])
+                return result
+            finally:
+                self._written(waiting)
         future: asyncio.Future[Result] = loop.create_future()
         entry = (item, future)
         waiting.items.append(entry)
         try:
-            async with waiting.lock:
-                if entry in waiting.items:  # nobody has taken it yet: write it, and all queued with it
-                    batch, waiting.items = waiting.items, []
-                    await asyncio.shield(self._write(batch))
-            # Written, or in the batch of a writer that was cancelled and whose write goes on.
             return await future
         finally:
-            if entry in waiting.items:  # cancelled before anyone took it: nobody else would write it
+            if entry in waiting.items:  # cancelled before its batch was taken: nobody will want it
                 waiting.items.remove(entry)
             future.cancel()  # nothing once it is settled; otherwise a late result has no one to read it
+
+    def _written(self, waiting: _Waiting[Item, Result]) -> None:
+        """A write ended: hand what queued meanwhile to the drain, or go idle."""
+        if waiting.items:
+            waiting.drain = asyncio.get_running_loop().create_task(self._drain(waiting), name="group-commit")
+        else:
+            waiting.busy = False
+
+    async def _drain(self, waiting: _Waiting[Item, Result]) -> None:
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        try:
+            while True:
+                if not waiting.items:
+                    # One turn of the loop for the callers just answered: one that sends again at once
+                    # (the next message of a stream) joins the next batch rather than going alone.
+                    await asyncio.sleep(0)
+                    if not waiting.items:
+                        break
+                batch, waiting.items = waiting.items, []
+                await self._write(batch)
+        finally:
+            for _, future in batch + waiting.items:  # only if the drain itself was cancelled (shutdown)
+                future.cancel()
+            waiting.items, waiting.drain, waiting.busy = [], None, False
 
     async def _write(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
