@@ -156,19 +156,18 @@ class AnswerWorker:
     async def _answer_question(
         self, question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None
     ) -> None:
-        # Handed what the LLM needs, the answer starts now and the claim runs meanwhile: the database
-        # is not on the way to the first word. Nothing is sent to anyone before the claim succeeds.
-        early = None
-        if prepared:
-            if not await self._first_delivery(question_id):
+        # Handed what the LLM needs, the answer starts now, and the checks and the claim run meanwhile:
+        # neither Redis nor the database is on the way to the first word. Nothing is sent to anyone
+        # before the claim succeeds.
+        early = _StartedAnswer.start(self.pipeline, prepared) if prepared else None
+        try:
+            if early is not None and not await self._first_delivery(question_id):
                 # The copy that arrived first is being claimed, its answer already started. Claiming this
                 # one too would race that claim, and winning it would answer without the early start.
                 self.tasks.create_task(
                     self._claim_if_abandoned(question_id, reply_channel), name=f"answer-recheck-{question_id}"
                 )
                 return
-            early = _StartedAnswer.start(self.pipeline, prepared)
-        try:
             try:
                 begun = await self._claims.submit((question_id, early.chosen if early else None))
             except Exception:
