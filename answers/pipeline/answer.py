@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -120,19 +121,19 @@ def _says_the_same(a: Chunk, b: Chunk) -> bool:
 
 
 class _Slot:
-    """One chunk's place in the speaking order, with the audio its synthesis has produced so far."""
+    """One chunk's place in the speaking order, with what its synthesis produced before its turn."""
 
     def __init__(self, chunk: Chunk, timings: ChunkTimings, speech: SpeechRouter, voice: Voice):
         self.chunk = chunk
         self.timings = timings
-        self.audio: asyncio.Queue[bytes | object] = asyncio.Queue()
+        self.waiting: list[bytes | object] = []  # audio, then _END or a _Failure, until the chunk's turn
         self.engine: TTSEngine | None = None
         try:
             self.engine, self.voice = speech.route(voice, chunk.language)
             self.format = self.engine.audio_format(self.voice)
         except TTSError as exc:
             self.voice, self.format = voice, AudioFormat(voice.format, 0)
-            self.audio.put_nowait(_Failure(str(exc)))
+            self.waiting.append(_Failure(str(exc)))
 
 
 class AnswerPipeline:
@@ -246,7 +247,7 @@ class _AnswerRun:
         self.started = pipeline.clock()
         self.timings = Timings()
         self.text: list[str] = []
-        self.slots: asyncio.Queue[_Slot | None] = asyncio.Queue()
+        self.order: collections.deque[_Slot] = collections.deque()  # chunks not yet spoken to the end
         self.spoken: list[tuple[Chunk, ChunkTimings]] = []
         self.limit = asyncio.Semaphore(pipeline.concurrency)
         # The first chunk, synthesized before the chunker has confirmed where it ends.
@@ -260,8 +261,9 @@ class _AnswerRun:
         self.events.put_nowait(AnswerStarted())
         try:
             async with asyncio.timeout(self.pipeline.answer_timeout), asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.deliver(), name="answer-deliver")
                 failure = await self.generate(tasks)
+            # Every synthesis has ended, so every chunk has been spoken or has failed.
+            assert not self.order, "chunks left unspoken"
         except TimeoutError:
             failure = "answer_timeout"
         except asyncio.CancelledError:
@@ -304,7 +306,6 @@ class _AnswerRun:
         for chunk in chunker.flush():
             self.submit(chunk, tasks)
         self.cancel_early()
-        self.slots.put_nowait(None)
         return failure
 
     def speculate(self, chunk: Chunk | None, tasks: asyncio.TaskGroup) -> None:
@@ -331,50 +332,72 @@ class _AnswerRun:
             slot = self.early[0]
             self.early = None
             slot.chunk, slot.timings.ready = chunk, self.now()  # the caption may differ: a closing quote
-            self.slots.put_nowait(slot)
+            self.queue(slot)
             return
         self.cancel_early()
         slot = _Slot(chunk, ChunkTimings(ready=self.now()), self.pipeline.speech, self.request.voice)
-        self.slots.put_nowait(slot)
+        self.queue(slot)
         if slot.engine is not None:
             tasks.create_task(self.synthesize(slot.engine, slot), name=f"answer-tts-{chunk.seq}")
 
     async def synthesize(self, engine: TTSEngine, slot: _Slot) -> None:
-        """Synthesize one chunk, at most `concurrency` at a time, its bytes queued as they come."""
+        """Synthesize one chunk, at most `concurrency` at a time, each piece passed on as it comes."""
         try:
             async with self.limit, asyncio.timeout(self.pipeline.tts_timeout):
                 async for data in engine.synthesize(slot.chunk.speech, slot.voice):
-                    slot.audio.put_nowait(data)
+                    self.arrived(slot, data)
         except TimeoutError:
-            slot.audio.put_nowait(_Failure(f"synthesis took longer than {self.pipeline.tts_timeout}s"))
+            self.arrived(slot, _Failure(f"synthesis took longer than {self.pipeline.tts_timeout}s"))
         except TTSError as exc:
-            slot.audio.put_nowait(_Failure(str(exc)))
+            self.arrived(slot, _Failure(str(exc)))
         except Exception as exc:
             logger.exception("TTS engine crashed on chunk %d", slot.chunk.seq)
-            slot.audio.put_nowait(_Failure(f"{exc.__class__.__name__}: {exc}"))
+            self.arrived(slot, _Failure(f"{exc.__class__.__name__}: {exc}"))
         else:
-            slot.audio.put_nowait(_END)
+            self.arrived(slot, _END)
 
-    async def deliver(self) -> None:
-        """Forward audio strictly in chunk order, each piece as soon as it exists."""
-        while (slot := await self.slots.get()) is not None:
-            chunk = slot.chunk
-            self.events.put_nowait(ChunkReady(chunk.seq, chunk.caption, chunk.speech, chunk.language))
-            fmt = slot.format
-            while True:
-                item = await slot.audio.get()
-                if isinstance(item, _Failure):
-                    logger.warning("chunk %d skipped: %s", chunk.seq, item.error)
-                    self.events.put_nowait(ChunkFailed(chunk.seq, chunk.caption, item.error))
-                    break
-                if item is _END:
-                    slot.timings.done = self.now()
-                    self.events.put_nowait(AudioFrame(chunk.seq, b"", fmt.format, fmt.sample_rate, True))
-                    self.spoken.append((chunk, slot.timings))
-                    break
-                assert isinstance(item, bytes)
-                if slot.timings.first_audio is None:
-                    slot.timings.first_audio = self.now()
-                if self.timings.first_audio is None:
-                    self.timings.first_audio = self.now()
-                self.events.put_nowait(AudioFrame(chunk.seq, item, fmt.format, fmt.sample_rate, False))
+    # -- speaking in order: audio goes out the moment it arrives if its chunk is the one being spoken,
+    # otherwise it waits with its chunk. No task in between, so a piece of speech reaches the listener
+    # in the same turn of the event loop as the synthesis that produced it.
+
+    def queue(self, slot: _Slot) -> None:
+        """`slot` is the next chunk to be spoken."""
+        self.order.append(slot)
+        if len(self.order) == 1:
+            self.speak_next()
+
+    def arrived(self, slot: _Slot, item: bytes | object) -> None:
+        if self.order and self.order[0] is slot:
+            self.emit(slot, item)
+        else:  # an earlier chunk is still being spoken, or this one is not confirmed yet (an early start)
+            slot.waiting.append(item)
+
+    def speak_next(self) -> None:
+        """The chunk at the head of the order starts: its event, then the audio that waited for it."""
+        slot = self.order[0]
+        chunk = slot.chunk
+        self.events.put_nowait(ChunkReady(chunk.seq, chunk.caption, chunk.speech, chunk.language))
+        waiting, slot.waiting = slot.waiting, []
+        for item in waiting:
+            self.emit(slot, item)
+
+    def emit(self, slot: _Slot, item: bytes | object) -> None:
+        chunk, fmt = slot.chunk, slot.format
+        if isinstance(item, bytes):
+            now = self.now()
+            if slot.timings.first_audio is None:
+                slot.timings.first_audio = now
+            if self.timings.first_audio is None:
+                self.timings.first_audio = now
+            self.events.put_nowait(AudioFrame(chunk.seq, item, fmt.format, fmt.sample_rate, False))
+            return
+        if isinstance(item, _Failure):
+            logger.warning("chunk %d skipped: %s", chunk.seq, item.error)
+            self.events.put_nowait(ChunkFailed(chunk.seq, chunk.caption, item.error))
+        else:
+            slot.timings.done = self.now()
+            self.events.put_nowait(AudioFrame(chunk.seq, b"", fmt.format, fmt.sample_rate, True))
+            self.spoken.append((chunk, slot.timings))
+        self.order.popleft()
+        if self.order:
+            self.speak_next()
