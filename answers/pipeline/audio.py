@@ -106,6 +106,34 @@ _MP3_SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (110
 
 
 _HEADER = struct.Struct(">I")
+# What each frame header seen so far means: (frame length in bytes, seconds). A stream uses a handful.
+_FRAMES: dict[int, tuple[int, float]] = {}
+
+
+def _frame(header: int) -> tuple[int, float] | None:
+    """The length and duration of the layer III frame `header` starts, or None if it starts none."""
+    known = _FRAMES.get(header)
+    if known is not None:
+        return known
+    version_bits = (header >> 19) & 3
+    bitrate_index = (header >> 12) & 15
+    rate_index = (header >> 10) & 3
+    if (
+        header >> 21 != 0x7FF  # frame sync
+        or version_bits == 1  # reserved
+        or (header >> 17) & 3 != 1  # layer III only
+        or bitrate_index in (0, 15)
+        or rate_index == 3
+    ):
+        return None
+    version = 1 if version_bits == 3 else 2
+    sample_rate = _MP3_SAMPLE_RATES[version_bits][rate_index]
+    samples = 1152 if version == 1 else 576
+    padding = (header >> 9) & 1
+    length = samples // 8 * _MP3_BITRATES[version][bitrate_index] * 1000 // sample_rate + padding
+    if len(_FRAMES) < 4096:
+        _FRAMES[header] = (length, samples / sample_rate)
+    return length, samples / sample_rate
 
 
 def _mp3_duration(data: bytes) -> float | None:
@@ -115,18 +143,10 @@ def _mp3_duration(data: bytes) -> float | None:
         size = (data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9]
         position = 10 + size
     seconds, frames = 0.0, 0
+    unpack = _HEADER.unpack_from
     while position + 4 <= len(data):
-        (header,) = _HEADER.unpack_from(data, position)
-        version_bits = (header >> 19) & 3
-        bitrate_index = (header >> 12) & 15
-        rate_index = (header >> 10) & 3
-        if (
-            header >> 21 != 0x7FF  # frame sync
-            or version_bits == 1  # reserved
-            or (header >> 17) & 3 != 1  # layer III only
-            or bitrate_index in (0, 15)
-            or rate_index == 3
-        ):
+        frame = _frame(unpack(data, position)[0])
+        if frame is None:
             if frames:
                 break  # trailing tag or garbage
             # Still looking for the first frame: jump to the next possible sync byte.
@@ -134,15 +154,10 @@ def _mp3_duration(data: bytes) -> float | None:
             if position < 0:
                 break
             continue
-        version = 1 if version_bits == 3 else 2
-        sample_rate = _MP3_SAMPLE_RATES[version_bits][rate_index]
-        samples = 1152 if version == 1 else 576
-        padding = (header >> 9) & 1
-        length = samples // 8 * _MP3_BITRATES[version][bitrate_index] * 1000 // sample_rate + padding
         if frames or not _info_frame(data, position):  # only a first frame can be one
-            seconds += samples / sample_rate
+            seconds += frame[1]
         frames += 1
-        position += length
+        position += frame[0]
     return seconds if frames else None
 
 

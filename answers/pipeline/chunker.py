@@ -26,6 +26,8 @@ _CJK_SENTENCE_ENDS = "。！？；"
 _TERMINATORS = _SENTENCE_ENDS + _CJK_SENTENCE_ENDS
 _CLAUSE_MARKS = ",;:"
 _CJK_CLAUSE_MARKS = "，、："
+# Characters at which a chunk may end, or that decide whether the text before them does.
+_CUT_CHARACTERS = frozenset(_TERMINATORS + _CLAUSE_MARKS + _CJK_CLAUSE_MARKS + "\n")
 # Closing quotes, brackets and emphasis markers stay with the sentence or clause they close.
 _CLOSERS = "\"'”’」』）)]】》〉»*_~`"
 # Skipped when looking past a sentence end for the first character of the next sentence.
@@ -81,10 +83,19 @@ class SpeechChunker:
         self._cursor = 0  # everything before it has been chunked or dropped
         self._fence: tuple[str, int] | None = None  # (fence character, length) inside a code block
         self._seq = 0
+        # The last scan read to the end of the text without meeting anything that could end a chunk:
+        # the spoken weight it counted. Text that brings nothing that could end one (most tokens: a
+        # word and a space) then needs no new scan.
+        self._quiet_weight: int | None = None
 
     def feed(self, text: str) -> list[Chunk]:
         """Add streamed text; return the chunks whose end is now certain."""
         self._text += text
+        if self._quiet_weight is not None and _CUT_CHARACTERS.isdisjoint(text):
+            weight = self._quiet_weight + _weight(text)
+            if weight <= self.max_chars:
+                self._quiet_weight = weight
+                return []
         return self._drain(final=False)
 
     def flush(self) -> list[Chunk]:
@@ -99,14 +110,14 @@ class SpeechChunker:
 
         A caller may start synthesizing it early to save the wait for the character that confirms the
         cut; the chunk `feed()` returns then is usually, not always, the same."""
-        text, state = self._text, (self._cursor, self._fence, self._seq)
+        text, state = self._text, (self._cursor, self._fence, self._seq, self._quiet_weight)
         self._text += " A"
         ends: list[int] = []
         try:
             chunks = self._drain(final=False, ends=ends)
         finally:
             self._text = text
-            self._cursor, self._fence, self._seq = state
+            self._cursor, self._fence, self._seq, self._quiet_weight = state
         # One chunk, ending inside the text that was really seen.
         return chunks[0] if len(chunks) == 1 and ends[0] <= len(text) else None
 
@@ -116,6 +127,7 @@ class SpeechChunker:
         """Cut every chunk whose end is certain; `ends` collects where each one ended."""
         chunks: list[Chunk] = []
         text = self._text
+        self._quiet_weight = None
         while True:
             if self._fence is not None:
                 if not self._skip_code(final=final):
@@ -270,7 +282,10 @@ class SpeechChunker:
                         return end
                     last_soft = end
             i += 1
-        return n if final else None
+        if final:
+            return n
+        self._quiet_weight = weight  # what follows decides nothing before it
+        return None
 
     def _sentence_end(self, i: int, *, final: bool) -> int | None:
         """For the run of sentence punctuation starting at `i`: the index just after it (and its
