@@ -266,6 +266,16 @@ def test_no_chunk_is_longer_than_max_chars_without_punctuation_or_spaces():
     assert [len(c.caption) for c in chunks] == [200, 200, 50]
 
 
+def test_words_that_can_end_nothing_still_split_an_overlong_chunk_at_a_space():
+    """Text with no punctuation skips the scan until it would make the chunk too long."""
+    words = [f" word{i}" for i in range(30)]  # 6 to 7 characters each, 199 in all
+    chunker = SpeechChunker(max_chars=40, min_chars=10)
+    chunks = [chunk for word in words for chunk in chunker.feed(word)] + chunker.flush()
+    assert all(len(chunk.caption) <= 40 for chunk in chunks)
+    assert " ".join(chunk.caption for chunk in chunks) == "".join(words).strip()
+    assert chunks == stream(["".join(words)], max_chars=40, min_chars=10)
+
+
 def test_flush_leaves_the_chunker_ready_for_a_new_answer():
     chunker = SpeechChunker(**SPLIT)
     chunker.feed("One answer here.")
