@@ -91,10 +91,13 @@ class GroupCommit(Generic[Item, Result]):
                         break
                 batch, waiting.items = waiting.items, []
                 await self._write(batch)
-        finally:
-            for _, future in batch + waiting.items:  # only if the drain itself was cancelled (shutdown)
+        except BaseException:  # the drain itself was cancelled (shutdown): nobody will write these
+            for _, future in batch + waiting.items:
                 future.cancel()
-            waiting.items, waiting.drain, waiting.busy = [], None, False
+            waiting.items = []
+            raise
+        finally:
+            waiting.drain, waiting.busy = None, False
 
     async def _write(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
