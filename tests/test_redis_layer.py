@@ -91,39 +91,6 @@ async def test_a_burst_of_messages_is_published_in_a_few_round_trips_each_sender
     assert sum(round_trips) == 201 and len(round_trips) <= 45  # 201 messages, the most 5 senders await at once
 
 
-async def test_a_hand_over_is_one_round_trip_and_a_full_channel_refuses_more(settings, monkeypatch):
-    from channels.exceptions import ChannelFull
-    from redis.asyncio import Redis
-
-    from answers.layers import WorkQueueChannelLayer
-
-    layer = WorkQueueChannelLayer(hosts=[settings.REDIS_URL_TEST], prefix=f"test-{uuid.uuid4().hex[:8]}", capacity=2)
-    commands: list[str] = []
-    execute = Redis.execute_command
-
-    async def recorded(self, *args, **options):
-        commands.append(args[0])
-        return await execute(self, *args, **options)
-
-    try:
-        monkeypatch.setattr(Redis, "execute_command", recorded)
-        await layer.send("work", {"type": "first"})
-        await layer.send("work", {"type": "second"})
-        with pytest.raises(ChannelFull):
-            await layer.send("work", {"type": "third"})
-        assert commands == ["EVAL"] * 3
-        monkeypatch.undo()
-        assert [await asyncio.wait_for(layer.receive("work"), TIMEOUT) for _ in range(2)] == [
-            {"type": "first"},
-            {"type": "second"},
-        ]
-        own = await layer.new_channel()  # a process's own channel: read through the process's one key
-        await layer.send(own, {"type": "mine"})
-        assert await asyncio.wait_for(layer.receive(own), TIMEOUT) == {"type": "mine"}
-    finally:
-        await layer.flush()
-
-
 async def test_question_is_answered_through_redis(redis_worker, fake_openai):
     _, key = await database_sync_to_async(make_stream)()
     listener = WebsocketCommunicator(application, f"/live/answer?key={key}")
