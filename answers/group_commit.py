@@ -24,7 +24,7 @@ Result = TypeVar("Result")
 class _Waiting(Generic[Item, Result]):
     items: list[tuple[Item, asyncio.Future[Result]]] = field(default_factory=list)
     busy: bool = False  # a write is in flight
-    drain: asyncio.Task[None] | None = None
+    drain: asyncio.Task[None] | None = None  # held here while it runs: the loop keeps only a weak reference
 
 
 class GroupCommit(Generic[Item, Result]):

@@ -107,8 +107,8 @@ class OpenAISpeech(TTSEngine):
     async def synthesize(self, text: str, voice: Voice) -> AsyncIterator[bytes]:
         # Posted as a plain body and read as the raw response, like the LLM's stream: the client still
         # sends, authenticates and raises its errors, but skips `audio.speech.create`'s typed transform
-        # of the parameters and its response wrappers, about a third of the request's CPU (13 requests
-        # an answer, 25 answers a worker in a burst).
+        # of the parameters and its response wrappers, about a third of the request's CPU (seven requests
+        # an answer in the benchmark, 25 answers a worker in a burst).
         body = {
             "model": self.model,
             "voice": voice.name,
