@@ -314,6 +314,10 @@ class LiveAnswerConsumer(ListenerConsumer):
                 await asyncio.sleep(stale_after - silence)
                 continue
             logger.warning("worker went silent on question %s", self.current)
+            if self.worker is None:
+                # No worker ever started it (its hand-over was lost with a worker): it failed, for the
+                # record too. A worker that claims it later finds it no longer approved.
+                await database_sync_to_async(_fail_unsent)(self.current)
             await self.end_answer(
                 events.message(events.FAILED, question_id=self.current, answer_id=None,
                                reason="worker_timeout", text="", timings={})

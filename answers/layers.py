@@ -1,11 +1,15 @@
-"""The channel layer that reaches listeners: channels-redis' pub/sub layer, publishing in batches.
+"""LiveQA's two Redis channel layers: channels-redis' own, each changed where a burst of questions
+showed it waiting on round trips.
 
-channels-redis publishes one message at a time per Redis connection, under a lock held for the whole
+The layer that reaches listeners is channels-redis' pub/sub layer, publishing in batches. channels-redis
+publishes one message at a time per Redis connection, under a lock held for the whole
 round trip. A worker answering 25 questions sends about 2,000 messages a burst (chunks and their audio,
 to each listener and dashboard), so an audio piece waited behind every message queued before it: up to
 200 ms between a worker receiving a first piece of speech and its listener's Redis having it. Here the
 messages queued while one round trip is in flight go together in the next (one pipeline of PUBLISH
 commands, in the order they were sent), so a burst costs a few round trips instead of one each.
+
+The layer that hands questions to workers is the list-based layer, read in one round trip.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import functools
 from typing import Any
 
+from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
 
@@ -55,3 +60,29 @@ async def _publish(shard: RedisSingleShardConnection, messages: list[tuple[str, 
         for channel, payload in messages:
             pipe.publish(channel, payload)
         return await pipe.execute()
+
+
+class WorkQueueChannelLayer(RedisChannelLayer):
+    """channels-redis' list-based layer, whose shared channels (the workers') are read in one round trip.
+
+    channels-redis reads a shared channel in four round trips (put back what any process left in the
+    channel's backup, pop, back up the message, clean the backup) under a per-channel lock held until
+    the last one. Under a burst each round trip waits a turn of a busy event loop, so the workers read
+    the questions of a burst one message per four turns; and the put-back hands a message one process
+    has just taken to another (django/channels_redis#163). Here a receive is one BZPOPMIN.
+
+    What the backup guarded is a receive cancelled while Redis' answer to the pop is on its way, which
+    drops that message; channels-redis' own backup is cleaned as soon as the message is received, so a
+    worker that dies after that loses it either way. A question lost so is not lost from the database:
+    the asking connection's watchdog records it as failed (see answers.consumers)."""
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        if "!" in channel:  # a process's own channels: channels-redis' buffered receive
+            return await super().receive(channel)
+        assert self.require_valid_channel_name(channel, receive=True)
+        channel_key = self.prefix + channel
+        connection = self.connection(next(self._receive_index_generator))
+        while (popped := await connection.bzpopmin(channel_key, timeout=self.brpop_timeout)) is None:
+            pass
+        _, member, _ = popped
+        return self.deserialize(member)

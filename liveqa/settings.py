@@ -121,13 +121,14 @@ def redis_channel_layers(url: str, **config: object) -> dict[str, dict[str, obje
     per member.)
 
     "workers", for handing questions to workers: the list-based layer, so that a question waits in
-    Redis until a worker is free to take it, even one that is still starting.
+    Redis until a worker is free to take it, even one that is still starting; read in one round trip
+    (answers.layers).
     """
     hosts = [{"address": url, "socket_timeout": 30, "socket_connect_timeout": 5}]
     return {
         "default": {"BACKEND": "answers.layers.PipelinedPubSubChannelLayer", "CONFIG": {"hosts": hosts, **config}},
         LIVEQA_WORKERS_LAYER: {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "answers.layers.WorkQueueChannelLayer",
             "CONFIG": {"hosts": hosts, "capacity": env_int("LIVEQA_CHANNEL_CAPACITY", 1000), "expiry": 300, **config},
         },
     }

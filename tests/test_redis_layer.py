@@ -91,6 +91,52 @@ async def test_a_burst_of_messages_is_published_in_a_few_round_trips_each_sender
     assert sum(round_trips) == 201 and len(round_trips) <= 45  # 201 messages, the most 5 senders await at once
 
 
+async def test_two_processes_reading_the_workers_channel_get_each_message_once_in_order(settings, monkeypatch):
+    """channels-redis puts a message one process has just taken back on the channel when another starts to
+    read it (django/channels_redis#163). The workers' layer reads a shared channel in one BZPOPMIN."""
+    from redis.asyncio import Redis
+
+    from answers.layers import WorkQueueChannelLayer
+    from liveqa.settings import LIVEQA_WORKERS_LAYER
+
+    config = redis_channel_layers(settings.REDIS_URL_TEST, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    readers = [WorkQueueChannelLayer(**config[LIVEQA_WORKERS_LAYER]["CONFIG"]) for _ in range(2)]  # two processes
+    commands = []
+    execute = Redis.execute_command
+
+    async def counted(self, *args, **kwargs):
+        commands.append(args[0])
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(Redis, "execute_command", counted)
+    channel = f"work-{uuid.uuid4().hex[:8]}"
+    received: list[list[int]] = [[], []]
+
+    async def read(i: int) -> None:
+        while True:
+            received[i].append((await readers[i].receive(channel))["n"])
+            await asyncio.sleep(0)  # the other reader gets its turn
+
+    tasks = [asyncio.create_task(read(i)) for i in range(2)]
+    try:
+        for n in range(100):
+            await readers[n % 2].send(channel, {"type": "work", "n": n})
+        async with asyncio.timeout(TIMEOUT):
+            while sum(map(len, received)) < 100:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # a copy would arrive by now
+        reads = [command for command in commands if "POP" in command or command.startswith("EVAL")]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for reader in readers:
+            await reader.flush()
+    assert sorted(received[0] + received[1]) == list(range(100))
+    assert all(ns == sorted(ns) for ns in received) and all(received)
+    assert set(reads) == {"BZPOPMIN"}  # one round trip a message
+
+
 async def test_question_is_answered_through_redis(redis_worker, fake_openai):
     _, key = await database_sync_to_async(make_stream)()
     listener = WebsocketCommunicator(application, f"/live/answer?key={key}")
@@ -108,6 +154,25 @@ async def test_question_is_answered_through_redis(redis_worker, fake_openai):
         assert frames[-1]["type"] == "answer.done"
     finally:
         await listener.disconnect()
+
+
+async def test_a_question_no_worker_takes_ends_with_worker_timeout_and_is_recorded_failed(redis_layer, settings):
+    """Its hand-over lost (a worker died with it), nobody answers: the listener hears why, and the question
+    is failed in the database rather than left approved."""
+    from answers.models import Question
+
+    settings.LIVEQA_ANSWER_STALE_AFTER = 0.5
+    stream, key = await database_sync_to_async(make_stream)()
+    listener = WebsocketCommunicator(application, f"/live/answer?key={key}")
+    assert (await listener.connect(TIMEOUT))[0]
+    try:
+        await listener.send_to(text_data=json.dumps({"type": "question", "question": "Anyone?"}))
+        frames = await receive_until_end(listener)
+        assert frames == ["ERROR worker_timeout: The answer could not be completed.", "##END##"]
+        assert [q.status async for q in Question.objects.filter(stream=stream)] == [Question.Status.FAILED]
+    finally:
+        await listener.disconnect()
+        await get_channel_layer(settings.LIVEQA_WORKERS_LAYER).flush()
 
 
 async def test_cancel_reaches_the_worker_through_redis(redis_worker, fake_openai):
