@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -147,6 +148,9 @@ class LiveAnswerConsumer(ListenerConsumer):
         # never delays a ping or a cancel on this connection.
         self.asks: asyncio.Queue[protocol.Ask | None] = asyncio.Queue()
         self.intake: asyncio.Task[None] | None = None
+        # Clear while the current question is handed over and not yet stored (its id is not known).
+        self.stored = asyncio.Event()
+        self.stored.set()
         self.closing = False
         key, subprotocol = key_from_scope(self.scope)
         try:
@@ -156,10 +160,11 @@ class LiveAnswerConsumer(ListenerConsumer):
         if self.stream is None:
             await self.close()  # before accept: the handshake is refused with 403
             return
+        self.defaults = await database_sync_to_async(_live_defaults)(self.stream.pk)
         self.limits = protocol.Limits(
             max_question_chars=min(settings.LIVEQA_MAX_QUESTION_CHARS, self.stream.max_question_chars),
             max_prompt_chars=settings.LIVEQA_MAX_PROMPT_CHARS,
-            voices=frozenset(known_voices()) | frozenset(await database_sync_to_async(_preset_names)()),
+            voices=frozenset(known_voices()) | frozenset(self.defaults.presets),
         )
         await self.accept(subprotocol)
         self.intake = asyncio.create_task(self.take_questions(), name="live-answer-intake")
@@ -217,10 +222,12 @@ class LiveAnswerConsumer(ListenerConsumer):
 
     async def ask(self, request: protocol.Ask) -> None:
         assert self.stream is not None
+        asked = services.LiveAsk(self.stream, request.question, request.prompt, request.voice_override)
+        if self.current is None and not self.waiting and not self.closing:
+            await self.ask_now(asked)
+            return
         try:
-            question, chosen = await live_questions.submit(
-                services.LiveAsk(self.stream, request.question, request.prompt, request.voice_override)
-            )
+            question, chosen = await live_questions.submit(asked)
         except DatabaseError:
             logger.exception("could not store a question")
             if not self.closing:
@@ -229,10 +236,46 @@ class LiveAnswerConsumer(ListenerConsumer):
         if self.closing:
             await database_sync_to_async(_skip_questions)([question.pk])
             return
-        prepared = {"question": question.text, "prompt": chosen.prompt_text, "voice": dataclasses.asdict(chosen.voice)}
-        self.waiting.append((question.pk, prepared))
+        self.waiting.append((question.pk, _prepared(question.text, chosen)))
         if self.current is None:
             await self.next_question()
+
+    async def ask_now(self, asked: services.LiveAsk) -> None:
+        """Nothing is being answered here: the question is handed to a worker while it is stored, with the
+        prompt and voice this connection resolves (the worker claims it by its ticket once it is stored,
+        and starts again if the database resolves them differently)."""
+        ticket = uuid.uuid4()
+        expected = self.defaults.settings(asked.prompt_override, asked.voice_override)
+        self.worker, self.cancel_requested = None, False
+        self.stored.clear()
+        handing = asyncio.create_task(
+            dispatch.ask(None, self.channel_name, _prepared(asked.text, expected), ticket=ticket.hex)
+        )
+        question: Question | None = None
+        try:
+            question, chosen = await live_questions.submit(dataclasses.replace(asked, ticket=ticket))
+        except DatabaseError:
+            logger.exception("could not store a question")  # its worker finds nothing to claim, and stops
+        finally:
+            self.current = question.pk if question is not None else None
+            self.stored.set()
+            if question is None:
+                await asyncio.wait({handing})
+        if question is None:
+            if not self.closing:
+                await self.send_error("unavailable", "LiveQA cannot store questions right now; try again.")
+            return
+        self.last_heard = time.monotonic()
+        try:
+            await handing
+        except Exception:
+            await self.not_handed_over(question.pk)
+            return
+        if chosen != expected:  # a stream default or a preset changed since this connection loaded them
+            self.defaults = await database_sync_to_async(_live_defaults)(self.stream.pk)
+        if self.cancel_requested:  # while it was being stored
+            await self.cancel_current()
+        self.watch()
 
     async def next_question(self) -> None:
         while self.waiting and self.current is None:
@@ -241,18 +284,27 @@ class LiveAnswerConsumer(ListenerConsumer):
             try:
                 await dispatch.ask(question_id, self.channel_name, prepared)
             except Exception:
-                logger.exception("could not hand question %s to a worker", question_id)
-                await database_sync_to_async(_fail_unsent)(question_id)
-                self.current = None
-                await self.send_error("unavailable", "No answer worker is reachable; try again.")
-                if self.protocol_version == 1:
-                    await self.send(text_data=END)
+                await self.not_handed_over(question_id)
                 continue
             self.last_heard = time.monotonic()
-            if self.watchdog is None or self.watchdog.done():
-                self.watchdog = asyncio.create_task(self.watch_worker())
+            self.watch()
+
+    async def not_handed_over(self, question_id: int) -> None:
+        logger.exception("could not hand question %s to a worker", question_id)
+        await database_sync_to_async(_fail_unsent)(question_id)
+        self.current = None
+        await self.send_error("unavailable", "No answer worker is reachable; try again.")
+        if self.protocol_version == 1:
+            await self.send(text_data=END)
+
+    def watch(self) -> None:
+        if self.watchdog is None or self.watchdog.done():
+            self.watchdog = asyncio.create_task(self.watch_worker())
 
     async def cancel_current(self) -> None:
+        if not self.stored.is_set():  # handed over, not yet stored: cancelled once it is (ask_now)
+            self.cancel_requested = True
+            return
         if self.current is None:
             return
         self.cancel_requested = True
@@ -271,6 +323,13 @@ class LiveAnswerConsumer(ListenerConsumer):
             await self.channel_layer.send(self.worker, events.message(events.CANCEL, question_id=self.current))
         except Exception as exc:
             logger.warning("could not reach worker to cancel: %s", exc)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if message["type"].startswith("answer.") and not self.stored.is_set():
+            # A worker claims a question handed over early as soon as it is stored: its events can only
+            # come from there, and this connection knows the question's id a moment later.
+            await self.stored.wait()
+        await super().dispatch(message)
 
     def answer_event(self, message: dict[str, Any]) -> bool:
         if "question_id" in message:
@@ -324,10 +383,13 @@ class LiveAnswerConsumer(ListenerConsumer):
             )
 
 
-def _preset_names() -> list[str]:
-    from .models import VoicePreset
+def _live_defaults(stream_id: int) -> services.LiveDefaults:
+    return services.live_defaults(stream_id, default_voice())
 
-    return list(VoicePreset.objects.values_list("name", flat=True))
+
+def _prepared(text: str, chosen: services.AnswerSettings) -> dict[str, Any]:
+    """What a worker needs to start answering (answers.workers._StartedAnswer.start)."""
+    return {"question": text, "prompt": chosen.prompt_text, "voice": dataclasses.asdict(chosen.voice)}
 
 
 def _skip_questions(question_ids: list[int]) -> int:

@@ -82,10 +82,14 @@ HAND_OVER_BATCH = 8
 _hand_overs = GroupCommit(_hand_over)
 
 
-async def ask(question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None) -> None:
+async def ask(
+    question_id: int | None, reply_channel: str | None, prepared: dict[str, Any] | None = None, ticket: str = ""
+) -> None:
     """Hand a question to a worker. `prepared` ({question, prompt, voice}) lets the worker start the LLM
-    while it claims the question, instead of after."""
-    message = events.message(events.QUESTION, question_id=question_id, reply_channel=reply_channel)
+    while it claims the question, instead of after. A question not stored yet is named by its `ticket`
+    (answers.models.Question.ticket), which the worker claims it by once it is."""
+    named = {"ticket": ticket} if ticket else {"question_id": question_id}
+    message = events.message(events.QUESTION, reply_channel=reply_channel, **named)
     if prepared is not None:
         message["prepared"] = prepared
     await _hand_overs.submit(message)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -12,7 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .models import Answer, AnswerChunk, Question, Stream, VoicePreset, hash_secret
+from .models import Answer, AnswerChunk, Prompt, Question, Stream, VoicePreset, hash_secret
 from .pipeline.tts import Voice
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ def new_question(
     approved: bool | None = None,
     prompt_override: str = "",
     voice_override: dict[str, Any] | None = None,
+    ticket: uuid.UUID | None = None,
 ) -> Question:
     """A question not yet saved; approved as the stream's auto-approval says unless told."""
     if approved is None:
@@ -57,6 +61,7 @@ def new_question(
         status=Question.Status.APPROVED if approved else Question.Status.PENDING,
         prompt_override=prompt_override,
         voice_override=voice_override or {},
+        ticket=ticket,
         position=timezone.now().timestamp(),
     )
 
@@ -69,6 +74,7 @@ class LiveAsk:
     text: str
     prompt_override: str = ""
     voice_override: dict[str, Any] | None = None
+    ticket: uuid.UUID | None = None  # set when it is handed to a worker while it is stored
 
 
 def create_live_questions(asks: list[LiveAsk], default_voice: Voice) -> list[tuple[Question, AnswerSettings]]:
@@ -85,6 +91,7 @@ def create_live_questions(asks: list[LiveAsk], default_voice: Voice) -> list[tup
                     approved=True,
                     prompt_override=ask.prompt_override,
                     voice_override=ask.voice_override,
+                    ticket=ask.ticket,
                 )
                 for ask in asks
             ]
@@ -150,50 +157,110 @@ class AnswerSettings:
 def answer_settings(question: Question, default_voice: Voice) -> AnswerSettings:
     """The prompt and voice this question is answered with: its own choices, else the stream's,
     else the server's. Overrides are per question and never change shared defaults."""
-    stream = question.stream
-    if question.prompt_override:
-        prompt = question.prompt_override
-    elif question.prompt is not None:
-        prompt = question.prompt.text
-    elif stream.default_prompt is not None:
-        prompt = stream.default_prompt.text
-    else:
-        prompt = settings.LIVEQA_SYSTEM_PROMPT
+    return resolve_settings(
+        question.stream,
+        default_voice,
+        lambda name: VoicePreset.objects.filter(name=name).first(),
+        prompt=question.prompt,
+        voice=question.voice,
+        prompt_override=question.prompt_override,
+        voice_override=question.voice_override,
+    )
 
-    preset = question.voice or stream.default_voice
-    voice = Voice(**preset.snapshot()) if preset is not None else default_voice  # type: ignore[arg-type]
-    override = question.voice_override or {}
+
+def resolve_settings(
+    stream: Stream,
+    default_voice: Voice,
+    preset_named: Callable[[str], VoicePreset | None],
+    *,
+    prompt: Prompt | None = None,
+    voice: VoicePreset | None = None,
+    prompt_override: str = "",
+    voice_override: dict[str, Any] | None = None,
+) -> AnswerSettings:
+    if prompt_override:
+        prompt_text = prompt_override
+    elif prompt is not None:
+        prompt_text = prompt.text
+    elif stream.default_prompt is not None:
+        prompt_text = stream.default_prompt.text
+    else:
+        prompt_text = settings.LIVEQA_SYSTEM_PROMPT
+
+    preset = voice or stream.default_voice
+    chosen = Voice(**preset.snapshot()) if preset is not None else default_voice  # type: ignore[arg-type]
+    override = voice_override or {}
     if override.get("voice"):
-        named = VoicePreset.objects.filter(name=override["voice"]).first()
-        voice = Voice(**named.snapshot()) if named else voice.replace(name=override["voice"])  # type: ignore[arg-type]
+        named = preset_named(override["voice"])
+        chosen = Voice(**named.snapshot()) if named else chosen.replace(name=override["voice"])  # type: ignore[arg-type]
     if override.get("speed") is not None:
-        voice = voice.replace(speed=float(override["speed"]))
+        chosen = chosen.replace(speed=float(override["speed"]))
     if override.get("format"):
-        voice = voice.replace(format=override["format"])
-    return AnswerSettings(prompt, voice)
+        chosen = chosen.replace(format=override["format"])
+    return AnswerSettings(prompt_text, chosen)
+
+
+@dataclass(frozen=True)
+class LiveDefaults:
+    """What a /live/answer connection needs to resolve its questions' prompt and voice without the
+    database: the stream's defaults and the voice presets, as they were when loaded. A worker checks
+    what it was handed against the database when it claims the question (begin_answers)."""
+
+    stream: Stream
+    default_voice: Voice
+    presets: dict[str, VoicePreset]
+
+    def settings(self, prompt_override: str = "", voice_override: dict[str, Any] | None = None) -> AnswerSettings:
+        return resolve_settings(
+            self.stream,
+            self.default_voice,
+            self.presets.get,
+            prompt_override=prompt_override,
+            voice_override=voice_override,
+        )
+
+
+def live_defaults(stream_id: int, default_voice: Voice) -> LiveDefaults:
+    stream = Stream.objects.select_related("default_prompt", "default_voice").get(pk=stream_id)
+    return LiveDefaults(stream, default_voice, {preset.name: preset for preset in VoicePreset.objects.all()})
 
 
 Begun = tuple[Answer, AnswerSettings]
 
 
+class NotStored(enum.Enum):
+    NOT_STORED = "not stored"
+
+
+NOT_STORED = NotStored.NOT_STORED
+
+
 def begin_answers(
-    claims: list[tuple[int, AnswerSettings | None]], worker: str, default_voice: Voice, model: str
-) -> list[Begun | None]:
-    """Claim approved questions and open their answers, in one transaction of three statements however
-    many there are (a worker starts a burst of questions together). Each claim is a question id and the
-    prompt and voice its answer was already started with (resolved when it was stored), or None. A
-    question someone else claimed first, or one named twice, is None after its first claim."""
+    refs: list[int | str], worker: str, default_voice: Voice, model: str
+) -> list[Begun | NotStored | None]:
+    """Claim approved questions and open their answers, in one transaction of a few statements however
+    many there are (a worker starts a burst of questions together). A question is named by its id, or by
+    the ticket it was handed over with. Each answer is opened with the prompt and voice the database
+    resolves now (a worker that started an answer early checks it against them). A question someone
+    else claimed first, or one named twice, is None after its first claim; a ticket no question has yet
+    is NOT_STORED."""
+    tickets = [uuid.UUID(ref) for ref in refs if isinstance(ref, str)]
+    stored = dict(Question.objects.filter(ticket__in=tickets).values_list("ticket", "pk")) if tickets else {}
+    ids = [stored.get(uuid.UUID(ref), NOT_STORED) if isinstance(ref, str) else ref for ref in refs]
     with transaction.atomic():
-        claimed = claim_questions({question_id for question_id, _ in claims}, worker)
-        begun: list[Begun | None] = []
-        for question_id, chosen in claims:
+        claimed = claim_questions({question_id for question_id in ids if question_id is not NOT_STORED}, worker)
+        begun: list[Begun | NotStored | None] = []
+        for question_id in ids:
+            if question_id is NOT_STORED:
+                begun.append(NOT_STORED)
+                continue
             question = claimed.pop(question_id, None)
             if question is None:
                 begun.append(None)
                 continue
-            chosen = chosen or answer_settings(question, default_voice)
+            chosen = answer_settings(question, default_voice)
             begun.append((new_answer(question, chosen, model), chosen))
-        Answer.objects.bulk_create([answer for answer, _ in filter(None, begun)])
+        Answer.objects.bulk_create([item[0] for item in begun if isinstance(item, tuple)])
     return begun
 
 

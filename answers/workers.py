@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 # A question delivered twice is claimed by the copy that arrived first; the other copy claims it only if
 # it is still unclaimed this much later (the first worker died in between).
 CLAIM_GRACE = 2.0
+# A question handed over while it is stored is claimed once it is: tried every STORE_POLL seconds, for
+# up to STORE_WAIT.
+STORE_POLL = 0.02
+STORE_WAIT = 5.0
 # Once the chunks sent to a listener will play for longer than this, a later chunk's audio goes whole.
 HOLD_WHEN_AHEAD = 1.5  # seconds
 
@@ -141,9 +145,9 @@ class AnswerWorker:
     async def _handle(self, message: dict[str, Any]) -> None:
         try:
             if message.get("type") == events.QUESTION:
-                await self._answer_question(
-                    int(message["question_id"]), message.get("reply_channel") or None, message.get("prepared")
-                )
+                # A question handed over while it was being stored is named by its ticket.
+                ref = str(message["ticket"]) if message.get("ticket") else int(message["question_id"])
+                await self._answer_question(ref, message.get("reply_channel") or None, message.get("prepared"))
             elif message.get("type") == events.STREAM_NEXT:
                 await self._answer_stream_queue(int(message["stream_id"]))
             elif message.get("type") == events.SPEAK:
@@ -154,34 +158,34 @@ class AnswerWorker:
             logger.exception("worker failed to handle %s", message.get("type"))
 
     async def _answer_question(
-        self, question_id: int, reply_channel: str | None, prepared: dict[str, Any] | None = None
+        self, ref: int | str, reply_channel: str | None, prepared: dict[str, Any] | None = None
     ) -> None:
         # Handed what the LLM needs, the answer starts now, and the checks and the claim run meanwhile:
         # neither Redis nor the database is on the way to the first word. Nothing is sent to anyone
         # before the claim succeeds.
         early = _StartedAnswer.start(self.pipeline, prepared) if prepared else None
         try:
-            if early is not None and not await self._first_delivery(question_id):
+            if early is not None and not await self._first_delivery(ref):
                 # The copy that arrived first is being claimed, its answer already started. Claiming this
                 # one too would race that claim, and winning it would answer without the early start.
-                self.tasks.create_task(
-                    self._claim_if_abandoned(question_id, reply_channel), name=f"answer-recheck-{question_id}"
-                )
+                self.tasks.create_task(self._claim_if_abandoned(ref, reply_channel), name=f"answer-recheck-{ref}")
                 return
             try:
-                begun = await self._claims.submit((question_id, early.chosen if early else None))
+                begun = await self._claim(ref)
             except Exception:
-                logger.exception("could not start answering question %s", question_id)
-                if reply_channel:
-                    failed = events.message(events.FAILED, answer_id=None, question_id=question_id,
+                logger.exception("could not start answering question %s", ref)
+                if reply_channel and isinstance(ref, int):  # (a ticket's listener has its watchdog)
+                    failed = events.message(events.FAILED, answer_id=None, question_id=ref,
                                             reason="unavailable", text="", timings={})  # fmt: skip
                     await self._send(reply_channel, failed)
                 return
             if begun is None:
-                logger.info("question %s was already taken or withdrawn", question_id)
+                logger.info("question %s was already taken or withdrawn", ref)
                 return
             answer, chosen = begun
-            if answer.status == Answer.Status.HELD:
+            if answer.status == Answer.Status.HELD or early is None or early.chosen != chosen:
+                # Not spoken now; or its prompt or voice changed since the asker's process resolved them:
+                # started again with those the database has.
                 await self._answer(answer, chosen, reply_channel)
             else:
                 taken, early = early, None
@@ -190,34 +194,45 @@ class AnswerWorker:
             if early is not None:
                 await early.events.aclose()
 
-    def _begin_answers(self, claims: list[tuple[int, services.AnswerSettings | None]]) -> list[services.Begun | None]:
-        return services.begin_answers(claims, self.name, self.default_voice, self.pipeline.llm.model)
+    async def _claim(self, ref: int | str) -> services.Begun | None:
+        """Claim a question. One handed over by ticket may not be stored yet: its claim is tried again
+        until it is, for up to STORE_WAIT (after that its asker has been told it could not be stored)."""
+        deadline = time.monotonic() + STORE_WAIT
+        while (begun := await self._claims.submit(ref)) is services.NOT_STORED:
+            if time.monotonic() >= deadline:
+                logger.warning("question %s was handed over but never stored", ref)
+                return None
+            await asyncio.sleep(STORE_POLL)
+        return begun
 
-    async def _claim_if_abandoned(self, question_id: int, reply_channel: str | None) -> None:
+    def _begin_answers(self, refs: list[int | str]) -> list[services.Begun | services.NotStored | None]:
+        return services.begin_answers(refs, self.name, self.default_voice, self.pipeline.llm.model)
+
+    async def _claim_if_abandoned(self, ref: int | str, reply_channel: str | None) -> None:
         """A second copy of a question: claim it after CLAIM_GRACE, which fails unless the worker that
         had the first copy died before claiming it. Nothing is lost, and no slot is held meanwhile."""
         await asyncio.sleep(CLAIM_GRACE)
-        self._start(events.message(events.QUESTION, question_id=question_id, reply_channel=reply_channel))
+        named = {"ticket": ref} if isinstance(ref, str) else {"question_id": ref}
+        self._start(events.message(events.QUESTION, reply_channel=reply_channel, **named))
 
-    async def _first_delivery(self, question_id: int) -> bool:
-        """False if this question was handed to a worker before. channels-redis can deliver a message
-        twice when several processes read one channel (their receive backup queue is shared,
-        django/channels_redis#163): one process puts back a message another has just taken. The copy
+    async def _first_delivery(self, ref: int | str) -> bool:
+        """False if this question was handed to a worker before. A hand-over that fails part-way is sent
+        again question by question (answers.dispatch), so a question can reach two workers. The copy
         that finds the question here first starts and claims it; the other waits (_claim_if_abandoned)."""
         if getattr(self.work_layer, "connection", None) is None:  # the in-memory layer delivers once
             return True
         try:
-            return await self._deliveries.submit(question_id)
+            return await self._deliveries.submit(ref)
         except Exception as exc:
-            logger.warning("could not check whether question %s was delivered before: %s", question_id, exc)
+            logger.warning("could not check whether question %s was delivered before: %s", ref, exc)
             return True
 
-    async def _mark_delivered(self, question_ids: list[int]) -> list[bool]:
+    async def _mark_delivered(self, refs: list[int | str]) -> list[bool]:
         """Mark questions delivered, each only if it was not: one round trip for the questions of a
         batch that start together, on one connection (a burst would otherwise open one per question)."""
         async with self.work_layer.connection(0).pipeline(transaction=False) as pipe:
-            for question_id in question_ids:
-                pipe.set(f"{self.work_layer.prefix}delivered:{self.channel}:{question_id}", 1, nx=True, ex=3600)
+            for ref in refs:
+                pipe.set(f"{self.work_layer.prefix}delivered:{self.channel}:{ref}", 1, nx=True, ex=3600)
             return [bool(done) for done in await pipe.execute()]
 
     async def _answer_stream_queue(self, stream_id: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 import pytest
 from channels.db import database_sync_to_async
@@ -171,26 +172,32 @@ def test_questions_claimed_together_are_each_claimed_once(db):
     pending = services.create_question(stream, "Not yet?", source=Question.Source.API, approved=False)
     assert services.claim_question(ask[3].pk, "worker-b") is not None
     voice = Voice(engine="openai", name="alloy")
-    chosen = services.AnswerSettings("Be brief.", voice.replace(speed=1.5))
+    ticket = uuid.uuid4()
+    [(live, _)] = services.create_live_questions(
+        [services.LiveAsk(stream, "By ticket?", prompt_override="Be brief.", voice_override={"speed": 1.5},
+                          ticket=ticket)], voice
+    )  # fmt: skip
 
     begun = services.begin_answers(
-        [(ask[0].pk, chosen), (ask[1].pk, None), (ask[0].pk, None), (ask[3].pk, None), (pending.pk, None),
-         (ask[2].pk, None)],
+        [ask[0].pk, ask[1].pk, ask[0].pk, ask[3].pk, pending.pk, ask[2].pk, ticket.hex, uuid.uuid4().hex],
         "worker-a", voice, "model-x",
     )  # fmt: skip
 
-    assert [b is not None for b in begun] == [True, True, False, False, False, True]
-    (first, first_chosen), (second, _), *_ = filter(None, begun)
-    assert first_chosen == chosen and first.prompt_text == "Be brief." and first.voice["speed"] == 1.5
-    assert second.voice["name"] == "alloy" and second.model == "model-x"
+    assert [b is not None for b in begun] == [True, True, False, False, False, True, True, True]
+    assert begun[-1] is services.NOT_STORED  # handed over, not stored yet: claimed again later
+    (first, first_chosen), (second, _), _, (by_ticket, ticket_chosen) = begun[0], begun[1], begun[5], begun[6]
+    assert first.voice["name"] == "alloy" and second.model == "model-x" and first_chosen.voice == voice
+    assert ticket_chosen == services.AnswerSettings("Be brief.", voice.replace(speed=1.5))
+    assert by_ticket.question_id == live.pk
+    assert by_ticket.prompt_text == "Be brief." and by_ticket.voice["speed"] == 1.5
     answers = {a.question_id: a for a in Answer.objects.all()}
-    assert set(answers) == {ask[0].pk, ask[1].pk, ask[2].pk}
-    assert {b[0].pk for b in begun if b} == {a.pk for a in answers.values()}
+    assert set(answers) == {ask[0].pk, ask[1].pk, ask[2].pk, live.pk}
+    assert {b[0].pk for b in begun if isinstance(b, tuple)} == {a.pk for a in answers.values()}
     workers = dict(Question.objects.values_list("pk", "worker"))
     assert [workers[q.pk] for q in ask] == ["worker-a", "worker-a", "worker-a", "worker-b"]
     assert Question.objects.get(pk=pending.pk).status == Question.Status.PENDING
     # Claimed already: another worker's batch gets none of them.
-    assert services.begin_answers([(q.pk, None) for q in ask], "worker-c", voice, "m") == [None] * 4
+    assert services.begin_answers([q.pk for q in ask], "worker-c", voice, "m") == [None] * 4
 
 
 @pytest.mark.db_matters
@@ -201,7 +208,7 @@ def test_answers_that_end_together_are_recorded_together(db):
     stream, _ = make_stream()
     ask = [services.create_question(stream, f"Q{i}?", source=Question.Source.API, approved=True) for i in range(3)]
     voice = Voice(engine="openai", name="alloy")
-    (done, _), (failed, _), (skipped, _) = services.begin_answers([(q.pk, None) for q in ask], "w", voice, "m")
+    (done, _), (failed, _), (skipped, _) = services.begin_answers([q.pk for q in ask], "w", voice, "m")
     Question.objects.filter(pk=ask[2].pk).update(status=Question.Status.SKIPPED)  # a moderator, meanwhile
     chunk = {"seq": 0, "caption": "Hi.", "speech": "Hi.", "audio": b"\xff\xfb", "audio_format": "mp3"}
 
@@ -316,3 +323,112 @@ async def test_a_question_someone_else_claimed_closes_the_llm_request_it_started
     assert fake_openai.closed_early == ["chat"]
     assert fake_openai.speech_requests == []
     assert await listener.receive_nothing(0.3)
+
+
+@pytest.fixture
+def slow_store(monkeypatch):
+    """Questions take `slow_store.seconds` to be stored (a database busy with other writers)."""
+    import time
+
+    store = services.create_live_questions
+
+    def slow(*args, **kwargs):
+        time.sleep(slow.seconds)
+        stored = store(*args, **kwargs)
+        slow.stored_at = time.monotonic()
+        return stored
+
+    slow.seconds = 0.3
+    monkeypatch.setattr(services, "create_live_questions", slow)
+    return slow
+
+
+async def test_a_question_is_handed_over_while_it_is_stored_and_claimed_by_its_ticket_once_it_is(
+    open_listener, slow_store, fake_openai
+):
+    import time
+
+    fake_openai.script.first_token_delay = 0.2
+    listener = await open_listener()
+    sent = time.monotonic()
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Stored slowly?"}))
+    frames = await receive_until_end(listener)
+
+    [chat] = fake_openai.log["chat"]
+    assert chat["start"] - sent < 0.25 < slow_store.stored_at - sent  # the LLM was asked before it was stored
+    assert [f for f in frames if isinstance(f, bytes)] and frames[-1] == "##END##"
+    await settled()
+    answer = await Answer.objects.select_related("question").aget()
+    assert answer.question.ticket is not None and answer.question.status == Question.Status.ANSWERED
+    assert answer.text == TEXT
+
+
+async def test_a_question_cancelled_before_it_is_stored_is_skipped_and_never_spoken(
+    open_listener, slow_store, fake_openai
+):
+    import asyncio
+
+    fake_openai.script.first_token_delay = 0.5
+    listener = await open_listener()
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Never mind?"}))
+    await asyncio.sleep(0.1)  # handed over, being stored
+    await listener.send_to(text_data=json.dumps({"type": "cancel"}))
+    assert await receive_until_end(listener) == ["##END##"]
+    async with asyncio.timeout(TIMEOUT):
+        while fake_openai.open_streams or not fake_openai.chat_requests:
+            await asyncio.sleep(0.01)
+    assert fake_openai.closed_early == ["chat"] and fake_openai.speech_requests == []
+    assert (await Question.objects.aget()).status == Question.Status.SKIPPED
+    # Withdrawn before a worker claimed it, or stopped by the worker that just had (answer_started).
+    assert [(a.status, a.error) async for a in Answer.objects.all()] in ([], [(Answer.Status.FAILED, "cancelled")])
+
+
+async def test_a_question_that_cannot_be_stored_is_not_answered_and_its_early_llm_request_is_closed(
+    open_listener, monkeypatch, fake_openai
+):
+    import asyncio
+
+    from answers import workers
+
+    monkeypatch.setattr(workers, "STORE_WAIT", 0.3)
+    fake_openai.script.first_token_delay = 1.0
+    listener = await open_listener()
+
+    def down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(services, "create_live_questions", down)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Lost?"}))
+    assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable:")
+    async with asyncio.timeout(TIMEOUT):
+        while fake_openai.open_streams or not fake_openai.chat_requests:
+            await asyncio.sleep(0.01)
+    assert fake_openai.closed_early == ["chat"] and fake_openai.speech_requests == []
+    assert await listener.receive_nothing(0.2)
+
+
+async def test_a_stream_default_changed_since_the_listener_connected_is_used_and_learned(open_listener, fake_openai):
+    """The connection resolves the prompt with the defaults it loaded; the worker finds them changed when it
+    claims the question and starts again with the database's, and the connection loads them anew."""
+    from answers.models import Prompt, Stream
+
+    listener = await open_listener()
+    stream = await Stream.objects.order_by("pk").alast()
+    stream.default_prompt = await Prompt.objects.acreate(name="Changed", text="Answer like a pirate.")
+    await stream.asave()
+
+    for question in ("After the change?", "And again?"):
+        await listener.send_to(text_data=json.dumps({"type": "question", "question": question}))
+        assert (await receive_until_end(listener))[-1] == "##END##"
+
+    def system_prompts(question: str) -> list[str]:
+        return [
+            next(m["content"] for m in body["messages"] if m["role"] == "system")
+            for body in fake_openai.chat_requests
+            if body["messages"][-1]["content"] == question
+        ]
+
+    assert system_prompts("After the change?")[-1] == "Answer like a pirate."  # started again
+    assert system_prompts("And again?") == ["Answer like a pirate."]  # resolved right the first time
+    await settled()
+    assert {a.prompt_text async for a in Answer.objects.all()} == {"Answer like a pirate."}
