@@ -119,7 +119,15 @@ async def test_a_chunk_whose_speech_breaks_midway_is_not_glued_to_the_next_in_th
     assert chunk.error  # its failure is recorded
 
 
-async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(open_listener, monkeypatch):
+async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(open_listener, monkeypatch, fake_openai):
+    """The question was handed to a worker while it was being stored: that worker finds nothing to claim,
+    and closes the LLM request it had started."""
+    import asyncio
+
+    from answers import workers
+
+    monkeypatch.setattr(workers, "STORE_WAIT", 0.3)
+    fake_openai.script.first_token_delay = 1.0
     listener = await open_listener()
 
     def down(*args, **kwargs):
@@ -130,6 +138,11 @@ async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(ope
     assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable:")
     await listener.send_to(text_data=json.dumps({"type": "ping"}))
     assert await listener.receive_from(TIMEOUT) == "pong"
+    async with asyncio.timeout(TIMEOUT):
+        while fake_openai.open_streams or not fake_openai.chat_requests:
+            await asyncio.sleep(0.01)
+    assert fake_openai.closed_early == ["chat"] and fake_openai.speech_requests == []
+    assert await listener.receive_nothing(0.2)
 
 
 async def test_disconnect_mid_answer_leaves_no_task_and_no_traceback(open_listener, fake_openai, caplog):
@@ -381,30 +394,6 @@ async def test_a_question_cancelled_before_it_is_stored_is_skipped_and_never_spo
     assert (await Question.objects.aget()).status == Question.Status.SKIPPED
     # Withdrawn before a worker claimed it, or stopped by the worker that just had (answer_started).
     assert [(a.status, a.error) async for a in Answer.objects.all()] in ([], [(Answer.Status.FAILED, "cancelled")])
-
-
-async def test_a_question_that_cannot_be_stored_is_not_answered_and_its_early_llm_request_is_closed(
-    open_listener, monkeypatch, fake_openai
-):
-    import asyncio
-
-    from answers import workers
-
-    monkeypatch.setattr(workers, "STORE_WAIT", 0.3)
-    fake_openai.script.first_token_delay = 1.0
-    listener = await open_listener()
-
-    def down(*args, **kwargs):
-        raise OperationalError("connection refused")
-
-    monkeypatch.setattr(services, "create_live_questions", down)
-    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Lost?"}))
-    assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable:")
-    async with asyncio.timeout(TIMEOUT):
-        while fake_openai.open_streams or not fake_openai.chat_requests:
-            await asyncio.sleep(0.01)
-    assert fake_openai.closed_early == ["chat"] and fake_openai.speech_requests == []
-    assert await listener.receive_nothing(0.2)
 
 
 async def test_a_stream_default_changed_since_the_listener_connected_is_used_and_learned(open_listener, fake_openai):
