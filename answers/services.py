@@ -229,6 +229,8 @@ Begun = tuple[Answer, AnswerSettings]
 
 
 class NotStored(enum.Enum):
+    """What claiming a ticket no stored question has yet gives (begin_answers)."""
+
     NOT_STORED = "not stored"
 
 

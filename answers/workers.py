@@ -185,7 +185,10 @@ class AnswerWorker:
             answer, chosen = begun
             if answer.status == Answer.Status.HELD or early is None or early.chosen != chosen:
                 # Not spoken now; or its prompt or voice changed since the asker's process resolved them:
-                # started again with those the database has.
+                # started again with those the database has, the early start closed first.
+                if early is not None:
+                    stale, early = early, None
+                    await stale.events.aclose()
                 await self._answer(answer, chosen, reply_channel)
             else:
                 taken, early = early, None
