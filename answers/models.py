@@ -164,8 +164,8 @@ class Question(models.Model):
     voice_override = models.JSONField(default=dict, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True)
-    # A /live/answer question is handed to a worker while it is being stored: the worker claims it by
-    # this ticket once it is.
+    # A /live/answer question asked on an idle connection is handed to a worker while it is being
+    # stored: the worker claims it by this ticket once it is.
     ticket = models.UUIDField(null=True, blank=True, unique=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -79,8 +79,10 @@ class LiveAsk:
 
 def create_live_questions(asks: list[LiveAsk], default_voice: Voice) -> list[tuple[Question, AnswerSettings]]:
     """Store approved /live/answer questions in one transaction and resolve the prompt and voice each
-    will be answered with (a worker handed both starts the LLM while it claims the question). Questions
-    that arrive together cost one commit (on PostgreSQL a commit waits for the disk) and one insert."""
+    will be answered with: handed to the worker with a question that waited its turn (the worker starts
+    the LLM while it claims the question), and checked against those the connection resolved itself for
+    one it handed over while it was stored. Questions that arrive together cost one commit (on
+    PostgreSQL a commit waits for the disk) and one insert."""
     with transaction.atomic():
         created = Question.objects.bulk_create(
             [
