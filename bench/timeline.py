@@ -17,11 +17,19 @@ def draw(timeline: dict[str, Any], path: Path) -> None:
     for request in timeline.get("llm_requests", []):
         ax.plot([request, timeline["tokens"][0]], [4, 4], color="#999", lw=2)
     ax.vlines(timeline["tokens"], 3.75, 4.25, color="#1f77b4", lw=1)
+    label_y, last_at = 3.15, None
     for chunk in timeline["chunks"]:
         ax.plot(chunk["at"], 3, "v", color="#2ca02c", ms=8)
-        ax.annotate(str(chunk["seq"]), (chunk["at"], 3.15), ha="center", fontsize=8)
+        # Chunks ready together (the last ones, at the end of the LLM's stream) get their labels stacked.
+        label_y = label_y + 0.2 if last_at is not None and chunk["at"] - last_at < 0.05 else 3.15
+        ax.annotate(str(chunk["seq"]), (chunk["at"], label_y), ha="center", fontsize=8)
+        last_at = chunk["at"]
+    ends: list[float] = []  # each TTS row's last request's end
     for i, tts in enumerate(timeline["tts"]):
-        y = 2 + (i % 3 - 1) * 0.22
+        # The first row whose last request ended before this one started (a little before: its label).
+        row = next((r for r, end in enumerate(ends) if end < tts["start"] - 0.05), len(ends))
+        ends[row : row + 1] = [tts["end"]]
+        y = 2.22 - row * 0.22
         ax.plot([tts["start"], tts["pieces"][0]], [y, y], color="#ffbb78", lw=5, solid_capstyle="butt")
         ax.plot([tts["pieces"][0], tts["end"]], [y, y], color="#ff7f0e", lw=5, solid_capstyle="butt")
         ax.annotate(str(i), (tts["start"], y + 0.08), fontsize=7)
