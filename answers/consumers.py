@@ -313,8 +313,9 @@ class LiveAnswerConsumer(ListenerConsumer):
         elif await database_sync_to_async(_skip_questions)([self.current]):
             # Withdrawn before any worker claimed it: nobody else will end it.
             await self.end_answer(
-                events.message(events.FAILED, question_id=self.current, answer_id=None,
-                               reason="cancelled", text="", timings={})
+                events.message(
+                    events.FAILED, question_id=self.current, answer_id=None, reason="cancelled", text="", timings={}
+                )
             )
         # Otherwise a worker has just claimed it; answer_started passes the cancellation on.
 
@@ -378,8 +379,14 @@ class LiveAnswerConsumer(ListenerConsumer):
                 # record too. A worker that claims it later finds it no longer approved.
                 await database_sync_to_async(_fail_unsent)(self.current)
             await self.end_answer(
-                events.message(events.FAILED, question_id=self.current, answer_id=None,
-                               reason="worker_timeout", text="", timings={})
+                events.message(
+                    events.FAILED,
+                    question_id=self.current,
+                    answer_id=None,
+                    reason="worker_timeout",
+                    text="",
+                    timings={},
+                )
             )
 
 
@@ -399,6 +406,4 @@ def _skip_questions(question_ids: list[int]) -> int:
 
 
 def _fail_unsent(question_id: int) -> None:
-    Question.objects.filter(pk=question_id, status=Question.Status.APPROVED).update(
-        status=Question.Status.FAILED
-    )
+    Question.objects.filter(pk=question_id, status=Question.Status.APPROVED).update(status=Question.Status.FAILED)

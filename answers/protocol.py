@@ -85,9 +85,7 @@ def _ask(data: dict[str, Any], limits: Limits) -> Ask:
     if not question:
         raise ProtocolError("empty_question", "question is empty.")
     if len(question) > limits.max_question_chars:
-        raise ProtocolError(
-            "question_too_long", f"question is longer than {limits.max_question_chars} characters."
-        )
+        raise ProtocolError("question_too_long", f"question is longer than {limits.max_question_chars} characters.")
 
     prompt = data.get("prompt")
     if prompt is not None and not isinstance(prompt, str):

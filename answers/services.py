@@ -20,6 +20,7 @@ from .pipeline.tts import Voice
 
 logger = logging.getLogger(__name__)
 
+
 def stream_for_key(raw_key: str, slug: str | None = None) -> Stream | None:
     """The stream this key opens (optionally only if it is `slug`'s), or None."""
     if not raw_key:

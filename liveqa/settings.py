@@ -181,9 +181,7 @@ LIVEQA_LLM_BACKEND = os.environ.get("LIVEQA_LLM_BACKEND", "openai" if OPENAI_API
 LIVEQA_TTS_BACKEND = os.environ.get("LIVEQA_TTS_BACKEND", "openai" if OPENAI_API_KEY else "local")
 LIVEQA_LLM_MODEL = os.environ.get("LIVEQA_LLM_MODEL", "gpt-4o-mini")
 LIVEQA_TTS_MODEL = os.environ.get("LIVEQA_TTS_MODEL", "gpt-4o-mini-tts")
-LIVEQA_TTS_VOICE = os.environ.get(
-    "LIVEQA_TTS_VOICE", "alloy" if LIVEQA_TTS_BACKEND == "openai" else "en_US-joe-medium"
-)
+LIVEQA_TTS_VOICE = os.environ.get("LIVEQA_TTS_VOICE", "alloy" if LIVEQA_TTS_BACKEND == "openai" else "en_US-joe-medium")
 LIVEQA_AUDIO_FORMAT = os.environ.get("LIVEQA_AUDIO_FORMAT", "mp3")
 LIVEQA_SYSTEM_PROMPT = os.environ.get(
     "LIVEQA_SYSTEM_PROMPT",

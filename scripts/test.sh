@@ -30,6 +30,7 @@ fi
 
 mkdir -p artifacts
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/python -m pytest "$@"
 
 PG_URL=${DATABASE_URL_PG:-postgres://postgres@127.0.0.1:5432/test}

@@ -99,6 +99,7 @@ async def test_five_minute_soak_keeps_memory_stable(postgres_database):
     duration = SOAK_SECONDS
     script = {"tokens": split_tokens(ANSWER), "token_delay": 0.005, "tts_first_byte": 0.02}
     with LiveQA(workers=2, script=script, database=postgres_database) as liveqa:
+
         async def client(i: int) -> int:
             done = 0
             while time.monotonic() < deadline:

@@ -19,8 +19,7 @@ from answers.pipeline.tts import SpeechRouter, TTSError, Voice
 pytestmark = pytest.mark.offline
 
 SENTENCE = (  # 21 words
-    "Thanks for the question: the stream starts every Friday at eight, and the replay stays online "
-    "for two whole weeks."
+    "Thanks for the question: the stream starts every Friday at eight, and the replay stays online for two whole weeks."
 )
 CHINESE = "谢谢你的提问，直播每周五晚上八点开始。"
 SILENCE_RMS = 300  # of 16-bit samples; speech at Piper's normalized level is in the thousands
@@ -173,9 +172,7 @@ async def test_espeak_reads_chinese_aloud(espeak: EspeakSpeech) -> None:
     assert rms(pcm) > SILENCE_RMS
 
 
-async def test_router_sends_chinese_to_espeak_and_english_to_piper(
-    piper: PiperSpeech, espeak: EspeakSpeech
-) -> None:
+async def test_router_sends_chinese_to_espeak_and_english_to_piper(piper: PiperSpeech, espeak: EspeakSpeech) -> None:
     router = SpeechRouter({"piper": piper, "espeak": espeak}, fallback="espeak")
     voice = Voice("piper", "en_US-joe-medium", format="pcm")
 
