@@ -69,18 +69,26 @@ class Sequencer:
 
 class InOrder:
     """Every answer's messages in the order its worker sent them (one Sequencer per answer, dropped at the
-    answer's end); messages that are not numbered, such as replays, pass as they come."""
+    answer's end); messages that are not numbered, such as replays, pass as they come. An answer whose
+    end never arrives (its worker died) keeps its Sequencer only until `keep` newer answers have one: a
+    dashboard stays open for a whole stream."""
 
-    def __init__(self) -> None:
-        self.sequencers: dict[Any, Sequencer] = {}
+    def __init__(self, keep: int = 256):
+        self.sequencers: dict[Any, Sequencer] = {}  # oldest answer first
+        self.keep = keep
 
     def push(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         """The messages that are ready to be delivered now that `message` has arrived, in order."""
         if "n" not in message or message.get("answer_id") is None:
             return [message]
-        ready = self.sequencers.setdefault(message["answer_id"], Sequencer()).push(message)
+        answer_id = message["answer_id"]
+        if answer_id not in self.sequencers:
+            self.sequencers[answer_id] = Sequencer()
+            if len(self.sequencers) > self.keep:
+                del self.sequencers[next(iter(self.sequencers))]
+        ready = self.sequencers[answer_id].push(message)
         if any(Sequencer.ends(m) for m in ready):
-            self.sequencers.pop(message["answer_id"], None)
+            self.sequencers.pop(answer_id, None)
         return ready
 
 

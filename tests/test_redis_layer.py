@@ -242,6 +242,15 @@ def test_the_sequencer_gives_up_on_a_lost_message_at_the_end_of_the_answer():
     assert [m["n"] for m in done] == [2, 3]
 
 
+def test_answers_whose_end_never_arrives_do_not_pile_up_in_a_long_lived_listener():
+    in_order = events.InOrder(keep=3)
+    for answer_id in range(10):  # each answer's worker died after its first message
+        assert in_order.push(events.message(events.CHUNK, answer_id=answer_id, n=0)) != []
+    assert list(in_order.sequencers) == [7, 8, 9]
+    ended = in_order.push(events.message(events.DONE, answer_id=9, n=1))
+    assert [m["n"] for m in ended] == [1] and list(in_order.sequencers) == [7, 8]
+
+
 async def test_questions_handed_over_together_beyond_a_workers_free_slots_go_to_another_worker(
     redis_layer, make_pipeline, fake_openai
 ):
