@@ -421,3 +421,30 @@ async def test_a_stream_default_changed_since_the_listener_connected_is_used_and
     assert system_prompts("And again?") == ["Answer like a pirate."]  # resolved right the first time
     await settled()
     assert {a.prompt_text async for a in Answer.objects.all()} == {"Answer like a pirate."}
+
+
+async def test_an_answer_that_starts_before_its_connection_learns_the_question_id_is_heard_whole(
+    open_listener, monkeypatch, fake_openai
+):
+    """The question is stored, and a worker claims it and starts answering, before the connection that
+    handed it over has its id: the answer's messages wait for that moment instead of being dropped."""
+    import asyncio
+
+    from answers import consumers
+
+    submit = consumers.live_questions.submit
+
+    async def slow_to_return(item):
+        stored = await submit(item)
+        await asyncio.sleep(0.5)  # the connection's task is slow to resume; the worker is not
+        return stored
+
+    monkeypatch.setattr(consumers.live_questions, "submit", slow_to_return)
+    fake_openai.script.first_token_delay = 0.0
+    listener = await open_listener()
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Quick?"}))
+    frames = await receive_until_end(listener)
+    texts = [request["body"]["input"] for request in fake_openai.speech_requests]
+    assert fake_openai.log["speech"][0]["start"] < fake_openai.log["chat"][0]["start"] + 0.5  # spoken meanwhile
+    assert [f for f in frames if isinstance(f, bytes)] == [fake_audio(t) for t in texts]
+    assert frames[-1] == "##END##"
