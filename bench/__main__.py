@@ -40,13 +40,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--scenario", default="all", choices=["all", *SCENARIOS], help="default: all")
     parser.add_argument("--quick", action="store_true", help="a few-second smoke run: fewer, smaller rounds")
+    parser.add_argument("--rounds", type=int, help="rounds of 50 questions in the concurrent scenario (default 3)")
     parser.add_argument("--out", type=Path, help="write the markdown report here (e.g. docs/benchmarks.md)")
     parser.add_argument("--png", type=Path, help="draw one answer's timeline here (needs the `one` scenario)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args()
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     freeze_startup_heap()  # the clients' clock readings must not wait for a full collection
-    results = run_event_loop(run(names, Options(quick=args.quick)))  # the clients share the cores too
+    options = Options(quick=args.quick, rounds=args.rounds)
+    results = run_event_loop(run(names, options))  # the clients share the cores too
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     if args.png and "timeline" in results["scenarios"].get("one", {}):

@@ -136,6 +136,8 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
         if delay := scenario["liveqa"].get("llm_request_delay"):
             median, p95 = _ms(delay["median"]), _ms(delay["p95"])
             notes.append(f"Question sent → LLM request at the fake: median {median} ms, p95 {p95} ms.")
+        if by_round := scenario["liveqa"].get("first_audio_p95_by_round"):
+            notes.append(f"First audio p95 by round: {', '.join(str(_ms(p95)) for p95 in by_round)} ms.")
         if late := scenario["liveqa"].get("fake_lateness"):
             token, speech = late["first_chunk_token"], late["speech_first_byte"]
             notes.append(

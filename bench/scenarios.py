@@ -67,6 +67,7 @@ METRICS = ("first_audio", "total", "max_gap", "stall_total", "stall_max", "audio
 @dataclass(frozen=True)
 class Options:
     quick: bool = False
+    rounds: int | None = None  # of the concurrent scenario (3, or 1 when quick)
 
 
 # --- Summaries ------------------------------------------------------------------------------------
@@ -245,6 +246,7 @@ async def scenario_one(options: Options) -> dict[str, Any]:
 async def scenario_concurrent(options: Options) -> dict[str, Any]:
     """50 listeners ask at the same moment; 10 of them ping every 50 ms. Three rounds."""
     count, rounds = (10, 1) if options.quick else (50, 3)
+    rounds = options.rounds or rounds
     settings = {**SETTINGS, "LIVEQA_WORKER_CONCURRENCY": "32"}  # 2 × 32 slots: all 50 answered at once
     with BenchLiveQA(workers=2, script=STANDARD_SCRIPT, settings=settings) as liveqa:
         await ask_many(liveqa.answer_url, 8, "warm-up", pinging=0)
@@ -260,6 +262,9 @@ async def scenario_concurrent(options: Options) -> dict[str, Any]:
         fake_log = await fetch_json(f"{liveqa.fake_url}/log")
         naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_many(url, count, "naive", pinging=10))
     result = summarize(traces, meter)
+    rounds_of = [traces[i : i + count] for i in range(0, len(traces), count)]
+    by_round = [[t.metrics()["first_audio"] for t in answers if t.ok] for answers in rounds_of]
+    result["first_audio_p95_by_round"] = [percentile(times, 95) if times else None for times in by_round]
     # When each LLM request reached the fake, after the first question of its round was sent.
     round_starts = sorted(min(t.sent for t in traces[i : i + count]) for i in range(0, len(traces), count))
     delays = [
