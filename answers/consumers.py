@@ -248,9 +248,7 @@ class LiveAnswerConsumer(ListenerConsumer):
         expected = self.defaults.settings(asked.prompt_override, asked.voice_override)
         self.worker, self.cancel_requested = None, False
         self.stored.clear()
-        handing = asyncio.create_task(
-            dispatch.ask(None, self.channel_name, _prepared(asked.text, expected), ticket=ticket.hex)
-        )
+        handing = asyncio.create_task(dispatch.ask(ticket.hex, self.channel_name, _prepared(asked.text, expected)))
         question: Question | None = None
         try:
             question, chosen = await live_questions.submit(dataclasses.replace(asked, ticket=ticket))

@@ -82,17 +82,9 @@ HAND_OVER_BATCH = 8
 _hand_overs = GroupCommit(_hand_over)
 
 
-async def ask(
-    question_id: int | None, reply_channel: str | None, prepared: dict[str, Any] | None = None, ticket: str = ""
-) -> None:
-    """Hand a question to a worker. `prepared` ({question, prompt, voice}) lets the worker start the LLM
-    while it claims the question, instead of after. A question not stored yet is named by its `ticket`
-    (answers.models.Question.ticket), which the worker claims it by once it is."""
-    named = {"ticket": ticket} if ticket else {"question_id": question_id}
-    message = events.message(events.QUESTION, reply_channel=reply_channel, **named)
-    if prepared is not None:
-        message["prepared"] = prepared
-    await _hand_overs.submit(message)
+async def ask(ref: int | str, reply_channel: str | None, prepared: dict[str, Any] | None = None) -> None:
+    """Hand a question to a worker (events.question: its id, or its ticket while it is not stored yet)."""
+    await _hand_overs.submit(events.question(ref, reply_channel, prepared))
 
 
 async def kick_stream(stream_id: int) -> None:

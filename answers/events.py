@@ -116,6 +116,22 @@ def message(type_: str, **fields: Any) -> dict[str, Any]:
     return {"type": type_, **fields}
 
 
+def question(ref: int | str, reply_channel: str | None, prepared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A question for a worker, named by its id, or by its ticket (a UUID's hex, Question.ticket) while
+    it is not stored yet. `prepared` ({question, prompt, voice}) lets the worker start the LLM while it
+    claims the question, instead of after."""
+    named = {"ticket": ref} if isinstance(ref, str) else {"question_id": ref}
+    handed = message(QUESTION, reply_channel=reply_channel, **named)
+    if prepared is not None:
+        handed["prepared"] = prepared
+    return handed
+
+
+def question_ref(handed: dict[str, Any]) -> int | str:
+    """The id or ticket a `question` message names."""
+    return str(handed["ticket"]) if handed.get("ticket") else int(handed["question_id"])
+
+
 def questions(handed_over: list[dict[str, Any]]) -> dict[str, Any]:
     """One worker-bound message for questions handed over together (a lone one goes as it is)."""
     return handed_over[0] if len(handed_over) == 1 else message(QUESTIONS, questions=handed_over)

@@ -145,9 +145,9 @@ class AnswerWorker:
     async def _handle(self, message: dict[str, Any]) -> None:
         try:
             if message.get("type") == events.QUESTION:
-                # A question handed over while it was being stored is named by its ticket.
-                ref = str(message["ticket"]) if message.get("ticket") else int(message["question_id"])
-                await self._answer_question(ref, message.get("reply_channel") or None, message.get("prepared"))
+                await self._answer_question(
+                    events.question_ref(message), message.get("reply_channel") or None, message.get("prepared")
+                )
             elif message.get("type") == events.STREAM_NEXT:
                 await self._answer_stream_queue(int(message["stream_id"]))
             elif message.get("type") == events.SPEAK:
@@ -215,8 +215,7 @@ class AnswerWorker:
         """A second copy of a question: claim it after CLAIM_GRACE, which fails unless the worker that
         had the first copy died before claiming it. Nothing is lost, and no slot is held meanwhile."""
         await asyncio.sleep(CLAIM_GRACE)
-        named = {"ticket": ref} if isinstance(ref, str) else {"question_id": ref}
-        self._start(events.message(events.QUESTION, reply_channel=reply_channel, **named))
+        self._start(events.question(ref, reply_channel))
 
     async def _first_delivery(self, ref: int | str) -> bool:
         """False if this question was handed to a worker before. A hand-over that fails part-way is sent
