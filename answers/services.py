@@ -249,9 +249,10 @@ def begin_answers(
     resolves now (a worker that started an answer early checks it against them). A question someone
     else claimed first, or one named twice, is None after its first claim; a ticket no question has yet
     is NOT_STORED."""
-    tickets = [uuid.UUID(ref) for ref in refs if isinstance(ref, str)]
-    stored = dict(Question.objects.filter(ticket__in=tickets).values_list("ticket", "pk")) if tickets else {}
-    ids = [stored.get(uuid.UUID(ref), NOT_STORED) if isinstance(ref, str) else ref for ref in refs]
+    tickets = {ref: uuid.UUID(ref) for ref in refs if isinstance(ref, str)}
+    found = Question.objects.filter(ticket__in=tickets.values()).values_list("ticket", "pk") if tickets else []
+    stored = dict(found)
+    ids = [stored.get(tickets[ref], NOT_STORED) if isinstance(ref, str) else ref for ref in refs]
     with transaction.atomic():
         claimed = claim_questions({question_id for question_id in ids if question_id is not NOT_STORED}, worker)
         begun: list[Begun | NotStored | None] = []
