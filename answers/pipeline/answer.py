@@ -250,7 +250,7 @@ class _AnswerRun:
         self.order: collections.deque[_Slot] = collections.deque()  # chunks not yet spoken to the end
         self.spoken: list[tuple[Chunk, ChunkTimings]] = []
         self.limit = asyncio.Semaphore(pipeline.concurrency)
-        # The first chunk, synthesized before the chunker has confirmed where it ends.
+        # The next chunk, synthesized before the chunker has confirmed where it ends.
         self.early: tuple[_Slot, asyncio.Task[None]] | None = None
 
     def now(self) -> float:
@@ -294,11 +294,10 @@ class _AnswerRun:
                     if self.timings.first_token is None:
                         self.timings.first_token = self.now()
                     self.text.append(token)
-                    chunks = chunker.feed(token)
-                    for chunk in chunks:
+                    for chunk in chunker.feed(token):
                         self.submit(chunk, tasks)
-                    if not chunks and self.timings.chunks == 0:
-                        self.speculate(chunker.tentative(), tasks)
+                    # A wrong guess costs a speech request; for the first word heard, even after a number.
+                    self.speculate(chunker.tentative(after_digits=self.timings.chunks == 0), tasks)
         except LLMError as exc:
             logger.warning("LLM failed: %s", exc)
             failure = exc.reason
@@ -309,8 +308,11 @@ class _AnswerRun:
         return failure
 
     def speculate(self, chunk: Chunk | None, tasks: asyncio.TaskGroup) -> None:
-        """Start synthesizing the first chunk as soon as its end is likely, rather than when the next
-        token confirms it. Another chunk, or none, cancels what was started early."""
+        """Start synthesizing the next chunk as soon as its end is likely, rather than when the next
+        token confirms it (one token later: 20 ms at 50 tokens/s, 100 ms at 10). For the first chunk
+        that is the first word heard; for a later one it is the end of the answer when that chunk
+        finishes last, and the first word of it when a slow LLM keeps the listener waiting for text.
+        Another chunk, or none, cancels what was started early: one cancelled speech request."""
         if chunk is not None and self.early is not None and _says_the_same(self.early[0].chunk, chunk):
             return
         self.cancel_early()

@@ -28,6 +28,8 @@ _CLAUSE_MARKS = ",;:"
 _CJK_CLAUSE_MARKS = "，、："
 # Characters at which a chunk may end, or that decide whether the text before them does.
 _CUT_CHARACTERS = frozenset(_TERMINATORS + _CLAUSE_MARKS + _CJK_CLAUSE_MARKS + "\n")
+# What text most likely goes on with after a chunk's end: a space and a capital letter.
+_LIKELY_CONTINUATION = " A"
 # Closing quotes, brackets and emphasis markers stay with the sentence or clause they close.
 _CLOSERS = "\"'”’」』）)]】》〉»*_~`"
 # Skipped when looking past a sentence end for the first character of the next sentence.
@@ -104,14 +106,18 @@ class SpeechChunker:
         self._reset()
         return chunks
 
-    def tentative(self) -> Chunk | None:
+    def tentative(self, *, after_digits: bool = True) -> Chunk | None:
         """The next chunk, if the text seen so far ends where its most likely continuation (a space
         and a capital letter) would cut it: "…in memory," or "…is late.". Nothing is consumed.
 
         A caller may start synthesizing it early to save the wait for the character that confirms the
-        cut; the chunk `feed()` returns then is usually, not always, the same."""
+        cut; the chunk `feed()` returns then is usually, not always, the same. Most wrong guesses are
+        numbers whose digits come in the next token ("1," then "299", "3." then "5"): with
+        `after_digits=False`, punctuation right after a digit is not guessed to end a chunk."""
+        if self._quiet_weight is not None and self._quiet_weight + _weight(_LIKELY_CONTINUATION) <= self.max_chars:
+            return None  # nothing seen can end a chunk, and the continuation does not make one too long
         text, state = self._text, (self._cursor, self._fence, self._seq, self._quiet_weight)
-        self._text += " A"
+        self._text += _LIKELY_CONTINUATION
         ends: list[int] = []
         try:
             chunks = self._drain(final=False, ends=ends)
@@ -119,7 +125,11 @@ class SpeechChunker:
             self._text = text
             self._cursor, self._fence, self._seq, self._quiet_weight = state
         # One chunk, ending inside the text that was really seen.
-        return chunks[0] if len(chunks) == 1 and ends[0] <= len(text) else None
+        if len(chunks) != 1 or ends[0] > len(text):
+            return None
+        if not after_digits and _punctuation_after_digit(text, ends[0]):
+            return None
+        return chunks[0]
 
     # -- scanning ---------------------------------------------------------------------------------
 
@@ -352,6 +362,14 @@ def _skip_blanks(text: str, i: int) -> int:
     while i < len(text) and text[i] in " \t":
         i += 1
     return i
+
+
+def _punctuation_after_digit(text: str, end: int) -> bool:
+    """Whether the run of punctuation (and closers) that ends at `end` follows a digit: "3.", "1,"."""
+    i = end
+    while i > 0 and (text[i - 1] in _CUT_CHARACTERS or text[i - 1] in _CLOSERS):
+        i -= 1
+    return i > 0 and text[i - 1].isdigit()
 
 
 def _skip_closers(text: str, i: int) -> int:

@@ -126,6 +126,21 @@ async def test_first_chunk_is_synthesized_before_the_token_that_confirms_where_i
     assert_well_formed(events)
 
 
+async def test_a_later_chunk_is_synthesized_before_the_token_that_confirms_where_it_ends(server, build_pipeline):
+    # "…the second one." ends a chunk only if the next token starts a new sentence; it comes 0.4 s later.
+    tokens = ["This is the first sentence of it.", " And this is the second one.", " Then a third."]
+    server.script = Script(tokens=tokens, token_delay=0.4)
+    events = events_of(await collect(build_pipeline(), answer_request()))
+
+    chat = server.log["chat"][0]
+    second = server.speech_requests[1]
+    assert second["body"]["input"] == "And this is the second one."
+    assert second["start"] - chat["tokens"][1] < 0.2  # not at the third token, 0.4 s later
+    assert server.closed_early == []
+    assert spoken(events) == {0: tokens[0], 1: tokens[1].strip(), 2: tokens[2].strip()}
+    assert_well_formed(events)
+
+
 async def test_a_first_chunk_started_early_that_the_next_token_disproves_is_cancelled(server, build_pipeline):
     server.script = Script(
         tokens=["The price is 1,", "299 dollars in total.", " Thank you for asking."], token_delay=0.2,

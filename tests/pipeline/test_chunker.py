@@ -1,5 +1,6 @@
 """The incremental speech chunker: where answers are cut, what is spoken, and that neither depends on tokens."""
 
+import copy
 import itertools
 import random
 import re
@@ -375,6 +376,28 @@ def test_tentative_consumes_nothing_and_can_be_wrong():
     assert [(c.seq, c.caption) for c in chunker.flush()] == [(1, "Then")]
 
 
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        (["The ticket costs 3."], None),  # "3.5" as often as "3. Then"
+        (["The price is 1,"], None),
+        (['He slowly counted to "3."'], None),
+        (["It was built in 1905 by hand."], "It was built in 1905 by hand."),
+        (["Redis keeps the whole channel layer in memory,"], "Redis keeps the whole channel layer in memory,"),
+    ],
+)
+def test_without_after_digits_punctuation_right_after_a_digit_is_not_guessed_to_end_a_chunk(
+    pieces: list[str], expected: str | None
+):
+    chunker = SpeechChunker()
+    for piece in pieces:
+        assert chunker.feed(piece) == []
+    chunk = chunker.tentative(after_digits=False)
+    assert (chunk.caption if chunk else None) == expected
+    if expected is None:
+        assert chunker.tentative() is not None  # guessed by default
+
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.data(), options=st.sampled_from([DEFAULT, SPLIT]))
 def test_asking_for_the_tentative_chunk_between_tokens_changes_no_chunk(data: st.DataObject, options: dict[str, int]):
@@ -386,3 +409,18 @@ def test_asking_for_the_tentative_chunk_between_tokens_changes_no_chunk(data: st
         chunks += chunker.feed(piece)
         chunker.tentative()
     assert chunks + chunker.flush() == stream([text], **options)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), options=st.sampled_from([DEFAULT, SPLIT, {"max_chars": 40, "min_chars": 10}]))
+def test_the_tentative_chunk_after_text_that_can_end_nothing_is_what_a_full_scan_finds(
+    data: st.DataObject, options: dict[str, int]
+):
+    # tentative() skips its scan when the text since the last one holds nothing that could end a chunk.
+    text = data.draw(plain_answers())
+    chunker = SpeechChunker(**options)
+    for piece in data.draw(token_splits(text)):
+        chunker.feed(piece)
+        rescanned = copy.deepcopy(chunker)
+        rescanned._quiet_weight = None  # forget what the last scan saw: scan again
+        assert chunker.tentative() == rescanned.tentative()
