@@ -145,6 +145,51 @@ async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(ope
     assert await listener.receive_nothing(0.2)
 
 
+async def test_a_question_no_worker_can_be_handed_is_stored_failed_and_the_listener_told(
+    open_listener, monkeypatch, fake_openai
+):
+    from answers import dispatch
+
+    async def layer_down(message):
+        raise ConnectionError("channel layer unreachable")
+
+    listener = await open_listener()
+    monkeypatch.setattr(dispatch, "to_workers", layer_down)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Anybody there?"}))
+    assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable: No answer worker")
+    assert await listener.receive_from(TIMEOUT) == "##END##"
+    question = await Question.objects.aget()
+    assert (question.text, question.status) == ("Anybody there?", Question.Status.FAILED)
+    assert fake_openai.chat_requests == []
+
+
+async def test_a_question_is_handed_to_a_worker_before_the_database_thread_stores_it(
+    open_listener, monkeypatch, fake_openai
+):
+    """The store's Python on the database thread would hold up the hand-over's round trips to Redis."""
+    import time
+
+    from answers import dispatch
+
+    to_workers, store = dispatch.to_workers, services.create_live_questions
+    moments: dict[str, float] = {}
+
+    async def hand_over(message):
+        await to_workers(message)
+        moments.setdefault("handed over", time.monotonic())
+
+    def create_live_questions(*args, **kwargs):
+        moments.setdefault("store began", time.monotonic())
+        return store(*args, **kwargs)
+
+    listener = await open_listener()
+    monkeypatch.setattr(dispatch, "to_workers", hand_over)
+    monkeypatch.setattr(services, "create_live_questions", create_live_questions)
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "In which order?"}))
+    assert (await receive_until_end(listener))[-1] == "##END##"
+    assert moments["handed over"] <= moments["store began"]
+
+
 async def test_disconnect_mid_answer_leaves_no_task_and_no_traceback(open_listener, fake_openai, caplog):
     import asyncio
 
