@@ -241,7 +241,7 @@ class LiveAnswerConsumer(ListenerConsumer):
             await self.next_question()
 
     async def ask_now(self, asked: services.LiveAsk) -> None:
-        """Nothing is being answered here: the question is handed to a worker while it is stored, with the
+        """Nothing is being answered here: the question is handed to a worker, then stored, with the
         prompt and voice this connection resolves (the worker claims it by its ticket once it is stored,
         and starts again if the database resolves them differently)."""
         ticket = uuid.uuid4()

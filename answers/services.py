@@ -75,14 +75,14 @@ class LiveAsk:
     text: str
     prompt_override: str = ""
     voice_override: dict[str, Any] | None = None
-    ticket: uuid.UUID | None = None  # set when it is handed to a worker while it is stored
+    ticket: uuid.UUID | None = None  # set when it is handed to a worker before it is stored
 
 
 def create_live_questions(asks: list[LiveAsk], default_voice: Voice) -> list[tuple[Question, AnswerSettings]]:
     """Store approved /live/answer questions in one transaction and resolve the prompt and voice each
     will be answered with: handed to the worker with a question that waited its turn (the worker starts
     the LLM while it claims the question), and checked against those the connection resolved itself for
-    one it handed over while it was stored. Questions that arrive together cost one commit (on
+    one it handed over before storing it. Questions that arrive together cost one commit (on
     PostgreSQL a commit waits for the disk) and one insert."""
     with transaction.atomic():
         created = Question.objects.bulk_create(

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 # A question delivered twice is claimed by the copy that arrived first; the other copy claims it only if
 # it is still unclaimed this much later (the first worker died in between).
 CLAIM_GRACE = 2.0
-# A question handed over while it is stored is claimed once it is: tried every STORE_POLL seconds, for
+# A question handed over before it is stored is claimed once it is: tried every STORE_POLL seconds, for
 # up to STORE_WAIT.
 STORE_POLL = 0.02
 STORE_WAIT = 5.0
