@@ -89,6 +89,7 @@ class SpeechChunker:
         # the spoken weight it counted. Text that brings nothing that could end one (most tokens: a
         # word and a space) then needs no new scan.
         self._quiet_weight: int | None = None
+        self._rendered: tuple[str, str] | None = None  # the last chunk's markdown source and its caption
 
     def feed(self, text: str) -> list[Chunk]:
         """Add streamed text; return the chunks whose end is now certain."""
@@ -341,7 +342,12 @@ class SpeechChunker:
 
     def _make_chunk(self, source: str) -> Chunk | None:
         source = source.strip()
-        caption = _plain_text(source)
+        # A chunk guessed by tentative() is usually cut for real a token later: rendered once.
+        if self._rendered is not None and self._rendered[0] == source:
+            caption = self._rendered[1]
+        else:
+            caption = _plain_text(source)
+            self._rendered = (source, caption)
         speech = " ".join(_strip_emoji(caption).split())
         if source.startswith("|"):
             speech = ", ".join(cell.strip() for cell in speech.strip("| ").split("|"))  # a table row
