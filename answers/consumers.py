@@ -34,6 +34,8 @@ PONG = "pong"
 CLOSE_TOO_BIG = 1009
 CLOSE_RATE_LIMITED = 4429
 MAX_WAITING_QUESTIONS = 5
+# A question asked on an idle connection is stored once it is handed to a worker, or after this long.
+HAND_OVER_LEAD = 0.05  # seconds
 
 
 class RateLimit:
@@ -248,15 +250,12 @@ class LiveAnswerConsumer(ListenerConsumer):
         expected = self.defaults.settings(asked.prompt_override, asked.voice_override)
         self.worker, self.cancel_requested = None, False
         self.stored.clear()
-        # Handed over first, stored next. Storing runs the ORM's Python on the database thread, which keeps
-        # the interpreter for up to a switch interval (5 ms) at a time: begun together, the hand-over's
-        # round trips to Redis waited for it, 5-7 ms twice on an idle server.
-        handed = True
-        try:
-            await dispatch.ask(ticket.hex, self.channel_name, _prepared(asked.text, expected))
-        except Exception:
-            logger.exception("could not hand question %s to a worker", ticket.hex)
-            handed = False  # stored all the same, then recorded as failed
+        handing = asyncio.create_task(dispatch.ask(ticket.hex, self.channel_name, _prepared(asked.text, expected)))
+        # Stored once it is handed over (a millisecond or two), not meanwhile: storing runs the ORM's Python
+        # on the database thread, which keeps the interpreter for up to a switch interval (5 ms) at a time,
+        # and the hand-over's round trips to Redis waited for it, 5-7 ms twice on an idle server. A channel
+        # layer that hangs does not keep the question from being stored.
+        await asyncio.wait({handing}, timeout=HAND_OVER_LEAD)
         question: Question | None = None
         try:
             question, chosen = await live_questions.submit(dataclasses.replace(asked, ticket=ticket))
@@ -265,12 +264,16 @@ class LiveAnswerConsumer(ListenerConsumer):
         finally:
             self.current = question.pk if question is not None else None
             self.stored.set()
+            if question is None:
+                await asyncio.wait({handing})
         if question is None:
             if not self.closing:
                 await self.send_error("unavailable", "LiveQA cannot store questions right now; try again.")
             return
         self.last_heard = time.monotonic()
-        if not handed:
+        try:
+            await handing
+        except Exception:
             await self.not_handed_over(question.pk)
             return
         if chosen != expected:  # a stream default or a preset changed since this connection loaded them
@@ -286,13 +289,13 @@ class LiveAnswerConsumer(ListenerConsumer):
             try:
                 await dispatch.ask(question_id, self.channel_name, prepared)
             except Exception:
-                logger.exception("could not hand question %s to a worker", question_id)
                 await self.not_handed_over(question_id)
                 continue
             self.last_heard = time.monotonic()
             self.watch()
 
     async def not_handed_over(self, question_id: int) -> None:
+        logger.exception("could not hand question %s to a worker", question_id)
         await database_sync_to_async(_fail_unsent)(question_id)
         self.current = None
         await self.send_error("unavailable", "No answer worker is reachable; try again.")

@@ -163,6 +163,35 @@ async def test_a_question_no_worker_can_be_handed_is_stored_failed_and_the_liste
     assert fake_openai.chat_requests == []
 
 
+async def test_a_question_is_stored_while_a_hanging_channel_layer_holds_its_hand_over(
+    open_listener, monkeypatch, fake_openai
+):
+    import asyncio
+    import time
+
+    from answers import dispatch
+
+    store = services.create_live_questions
+    began: list[float] = []
+
+    async def layer_hangs(message):
+        await asyncio.sleep(1.0)
+        raise ConnectionError("channel layer timed out")
+
+    def create_live_questions(*args, **kwargs):
+        began.append(time.monotonic())
+        return store(*args, **kwargs)
+
+    listener = await open_listener()
+    monkeypatch.setattr(dispatch, "to_workers", layer_hangs)
+    monkeypatch.setattr(services, "create_live_questions", create_live_questions)
+    sent = time.monotonic()
+    await listener.send_to(text_data=json.dumps({"type": "question", "question": "Still there?"}))
+    assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable: No answer worker")
+    assert began[0] - sent < 0.5  # stored without waiting for the hand-over to give up
+    assert (await Question.objects.aget()).status == Question.Status.FAILED
+
+
 async def test_a_question_is_handed_to_a_worker_before_the_database_thread_stores_it(
     open_listener, monkeypatch, fake_openai
 ):

@@ -296,7 +296,7 @@ class _AnswerRun:
                     self.text.append(token)
                     for chunk in chunker.feed(token):
                         self.submit(chunk, tasks)
-                    # A wrong guess costs a speech request; for the first word heard, even after a number.
+                    # For the first word heard, even after a number ("1," may go on as "1,299").
                     self.speculate(chunker.tentative(after_digits=self.timings.chunks == 0), tasks)
         except LLMError as exc:
             logger.warning("LLM failed: %s", exc)
@@ -312,13 +312,15 @@ class _AnswerRun:
         token confirms it (one token later: 20 ms at 50 tokens/s, 100 ms at 10). For the first chunk
         that is the first word heard; for a later one it is the end of the answer when that chunk
         finishes last, and the first word of it when a slow LLM keeps the listener waiting for text.
-        Another chunk, or none, cancels what was started early: one cancelled speech request."""
+        Another chunk, or none, cancels what was started early. A wrong guess costs a cancelled request,
+        or on an engine that cannot stop part-way (Piper on the CPU) the synthesis itself, ahead of the
+        chunks after it: there only the first chunk is guessed."""
         if chunk is not None and self.early is not None and _says_the_same(self.early[0].chunk, chunk):
             return
         self.cancel_early()
         if chunk is not None:
             slot = _Slot(chunk, ChunkTimings(ready=0.0), self.pipeline.speech, self.request.voice)
-            if slot.engine is not None:
+            if slot.engine is not None and (chunk.seq == 0 or slot.engine.cancels_cleanly):
                 self.early = slot, tasks.create_task(self.synthesize(slot.engine, slot), name="answer-tts-early")
 
     def cancel_early(self) -> None:

@@ -48,6 +48,9 @@ class TTSEngine(abc.ABC):
     """Turns one chunk of text into audio bytes, streamed as they are produced."""
 
     name: str = ""
+    # Whether a synthesis cancelled part-way costs next to nothing: a request closed, not CPU already
+    # spent. Only then are chunks after the first synthesized before their end is confirmed.
+    cancels_cleanly: bool = False
 
     @abc.abstractmethod
     def synthesize(self, text: str, voice: Voice) -> AsyncIterator[bytes]:
@@ -95,6 +98,7 @@ class OpenAISpeech(TTSEngine):
     forwarded before the whole chunk is synthesized."""
 
     name = "openai"
+    cancels_cleanly = True  # the response stream is closed
     SAMPLE_RATE = 24000  # what OpenAI's voices produce for every format
 
     def __init__(self, client: openai.AsyncOpenAI, model: str):

@@ -141,6 +141,22 @@ async def test_a_later_chunk_is_synthesized_before_the_token_that_confirms_where
     assert_well_formed(events)
 
 
+async def test_on_an_engine_that_cannot_stop_part_way_only_the_first_chunk_is_started_early(server, build_pipeline):
+    # Piper on the CPU finishes a sentence it has begun: a wrong guess would cost the chunks after it.
+    tokens = ["This is the first sentence of it", ".", " And this is the second one.", " Then a third."]
+    server.script = Script(tokens=tokens, token_delay=0.4)
+    pipeline = build_pipeline()
+    pipeline.speech.engines["openai"].cancels_cleanly = False
+    events = events_of(await collect(pipeline, answer_request()))
+
+    written = server.log["chat"][0]["tokens"]
+    first, second, _ = server.speech_requests
+    assert first["start"] < written[2]  # guessed at ".", before " And" confirmed it
+    assert second["body"]["input"] == "And this is the second one."
+    assert second["start"] >= written[3]  # confirmed by " Then", not guessed
+    assert len(spoken(events)) == 3
+
+
 async def test_a_first_chunk_started_early_that_the_next_token_disproves_is_cancelled(server, build_pipeline):
     server.script = Script(
         tokens=["The price is 1,", "299 dollars in total.", " Thank you for asking."], token_delay=0.2,
