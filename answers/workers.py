@@ -10,7 +10,6 @@ and held; a moderator's `answer.speak` has it spoken later, by any worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -54,8 +53,6 @@ STORE_POLL = 0.02
 STORE_WAIT = 5.0
 # Once the chunks sent to a listener will play for longer than this, a later chunk's audio goes whole.
 HOLD_WHEN_AHEAD = 1.5  # seconds
-# An answer is recorded once no other is on its way to its first audio, or after this long at most.
-RECORD_DEFERRAL = 2.0  # seconds
 
 
 class AnswerWorker:
@@ -88,9 +85,6 @@ class AnswerWorker:
         # database thread whose Python competes with the event loop for the interpreter.
         self._claims = GroupCommit(self._begin_answers)
         self._records = GroupCommit(_record_answers)
-        # Recording an answer runs the ORM's Python on the database thread, holding the interpreter the
-        # event loop needs to start the answers asked meanwhile: the benchmark's next 25 questions waited.
-        self._starting = _Starting()
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -170,7 +164,6 @@ class AnswerWorker:
         # neither Redis nor the database is on the way to the first word. Nothing is sent to anyone
         # before the claim succeeds.
         early = _StartedAnswer.start(self.pipeline, prepared) if prepared else None
-        starting = self._starting.begin()
         try:
             if early is not None and not await self._first_delivery(ref):
                 # The copy that arrived first is being claimed, its answer already started. Claiming this
@@ -196,12 +189,11 @@ class AnswerWorker:
                 if early is not None:
                     stale, early = early, None
                     await stale.events.aclose()
-                await self._answer(answer, chosen, reply_channel, starting=starting)
+                await self._answer(answer, chosen, reply_channel)
             else:
                 taken, early = early, None
-                await self._answer(answer, chosen, reply_channel, running=taken, starting=starting)
+                await self._answer(answer, chosen, reply_channel, running=taken)
         finally:
-            starting.end()
             if early is not None:
                 await early.events.aclose()
 
@@ -289,15 +281,12 @@ class AnswerWorker:
         reply_channel: str | None,
         pipeline: AnswerPipeline | None = None,
         running: _StartedAnswer | None = None,
-        starting: _Start | None = None,
     ) -> None:
         question = answer.question
         if answer.status == Answer.Status.HELD:
-            if starting is not None:
-                starting.end()  # nothing is heard until a moderator has it spoken
             work = self._write_for_review(answer, chosen)
         else:
-            work = self._run_answer(answer, chosen, reply_channel, pipeline or self.pipeline, running, starting)
+            work = self._run_answer(answer, chosen, reply_channel, pipeline or self.pipeline, running)
         task = asyncio.create_task(work, name=f"answer-{question.pk}")
         self.answering[question.pk] = task
         try:
@@ -320,7 +309,6 @@ class AnswerWorker:
         reply_channel: str | None,
         pipeline: AnswerPipeline,
         running: _StartedAnswer | None = None,
-        starting: _Start | None = None,
     ) -> None:
         question = answer.question
         stream = question.stream
@@ -348,8 +336,6 @@ class AnswerWorker:
                         )
                         await listeners.send(chunk, dashboard)
                     elif isinstance(event, AudioFrame):
-                        if starting is not None:
-                            starting.end()
                         record.audio(event)
                         await audio.add(event, record.duration(event.seq) if event.last else None)
                     elif isinstance(event, ChunkFailed):
@@ -373,8 +359,6 @@ class AnswerWorker:
             final = events.message(events.FAILED, reason="cancelled", text=record.text(), timings={}, **ids)
             raise
         finally:
-            if starting is not None:
-                starting.end()  # over before it was heard: its own record must not wait for it
             await audio.aclose()
             final = final or events.message(events.FAILED, reason="internal_error", text="", timings={}, **ids)
             status = Question.Status.SKIPPED if final.get("reason") == "cancelled" else None
@@ -448,9 +432,8 @@ class AnswerWorker:
         listeners: _Listeners,
         dashboard: str,
     ) -> None:
-        # Listeners hear the end first; recording it must not delay them, nor the answers starting.
+        # Listeners hear the end first; recording it must not delay them.
         await listeners.send(final, dashboard)
-        await self._starting.none_for(RECORD_DEFERRAL)
         try:
             await self._records.submit((answer_id, final, record, status))
         except Exception:
@@ -467,44 +450,6 @@ class AnswerWorker:
     async def _kick(self, stream_id: int) -> None:
         """Let a worker (this one or another) answer the stream's next question."""
         await self._send(self.channel, events.message(events.STREAM_NEXT, stream_id=stream_id), self.work_layer)
-
-
-class _Starting:
-    """The answers on their way to their first audio."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._none = asyncio.Event()
-        self._none.set()
-
-    def begin(self) -> _Start:
-        self.count += 1
-        self._none.clear()
-        return _Start(self)
-
-    def _ended(self) -> None:
-        self.count -= 1
-        if not self.count:
-            self._none.set()
-
-    async def none_for(self, limit: float) -> None:
-        """Wait until no answer is on its way to its first audio, or `limit` seconds."""
-        if not self._none.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(limit):
-                    await self._none.wait()
-
-
-class _Start:
-    """One answer on its way to its first audio; `end()` when it is heard, or will not be."""
-
-    def __init__(self, starting: _Starting):
-        self._starting: _Starting | None = starting
-
-    def end(self) -> None:
-        if self._starting is not None:
-            self._starting, starting = None, self._starting
-            starting._ended()
 
 
 class _StartedAnswer:

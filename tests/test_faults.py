@@ -34,8 +34,7 @@ async def open_listener(make_pipeline, monkeypatch, fake_openai):
     async def open_socket(**pipeline_options):
         built = make_pipeline(**pipeline_options)
         monkeypatch.setattr(providers, "pipeline", lambda: built)
-        name = f"Test stream {len(sockets) + 1}" if sockets else "Test stream"  # a stream each
-        _, key = await database_sync_to_async(make_stream)(name=name)
+        _, key = await database_sync_to_async(make_stream)()
         communicator = WebsocketCommunicator(application, f"/live/answer?key={key}")
         assert (await communicator.connect(TIMEOUT))[0]
         sockets.append(communicator)
@@ -218,37 +217,6 @@ async def test_a_question_is_handed_to_a_worker_before_the_database_thread_store
     await listener.send_to(text_data=json.dumps({"type": "question", "question": "In which order?"}))
     assert (await receive_until_end(listener))[-1] == "##END##"
     assert moments["handed over"] <= moments["store began"]
-
-
-async def test_an_answer_is_recorded_once_the_answer_asked_meanwhile_has_its_first_audio(
-    open_listener, monkeypatch, fake_openai
-):
-    import time
-
-    from answers import workers
-
-    record, recorded = workers._record_answers, {}
-
-    def record_answers(ended):
-        for _, final, _, _ in ended:
-            recorded.setdefault(final["text"], time.monotonic())
-        return record(ended)
-
-    monkeypatch.setattr(workers, "_record_answers", record_answers)
-    fake_openai.script.first_token_delay = 0.5
-    first, second = await open_listener(), await open_listener()
-    await first.send_to(text_data=json.dumps({"type": "question", "question": "First?"}))
-    assert isinstance(await first.receive_output(TIMEOUT), dict)  # its first audio, or an event before it
-    await second.send_to(text_data=json.dumps({"type": "question", "question": "Second?"}))
-    assert (await receive_until_end(first))[-1] == "##END##"
-    first_ended = time.monotonic()
-    assert (await receive_until_end(second))[-1] == "##END##"
-    await settled()
-
-    [_, asked_second] = fake_openai.log["chat"]
-    second_heard_from = asked_second["start"] + fake_openai.script.first_token_delay
-    assert first_ended < second_heard_from <= recorded[TEXT]  # the first answer's record waited
-    assert (await Answer.objects.filter(status=Answer.Status.DONE).acount()) == 2
 
 
 async def test_disconnect_mid_answer_leaves_no_task_and_no_traceback(open_listener, fake_openai, caplog):
