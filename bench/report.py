@@ -183,7 +183,7 @@ METHOD = """## Method
 - **Physical limit** of the first audio: the LLM's first-token delay + the time to write the first
   chunk's tokens + the TTS first-byte delay, from the script and the first chunk actually spoken (for
   Piper: its own measured time to the first chunk's audio). The total is held to two bounds: the
-  issue's LLM end + the last chunk's synthesis, and the physical one — the latest of every chunk's
+  target's LLM end + the last chunk's synthesis, and the physical one — the latest of every chunk's
   last token written + its synthesis (the two differ when a long chunk released near the end finishes
   after the last one).
 - **Naive baseline** (`bench/naive.py`): its own `websockets` server on the same fake, doing it the

@@ -110,7 +110,7 @@ def tokens_to_write(tokens: list[str], captions: list[str]) -> list[int]:
 def limits(script: dict[str, Any], trace: AnswerTrace, tts_first_byte: float | None = None) -> dict[str, Any]:
     """The physical limit of the first audio (LLM first token + the first chunk's tokens + TTS first byte)
     and of the total: every chunk's audio ends at the earliest when its last token is written plus its
-    synthesis. For the last chunk that is the issue's "LLM end + the last chunk's TTS"; an earlier, longer
+    synthesis. For the last chunk that is the target's "LLM end + the last chunk's TTS"; an earlier, longer
     chunk released near the end can finish later, and then it is the limit."""
     tokens = script["tokens"]
     captions = [text for _, _, text in sorted(trace.chunks, key=lambda c: c[1])]
