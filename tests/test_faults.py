@@ -145,6 +145,22 @@ async def test_database_unavailable_gives_a_clear_error_and_keeps_the_socket(ope
     assert await listener.receive_nothing(0.2)
 
 
+@pytest.fixture
+def store_began(monkeypatch) -> list[float]:
+    """When each store of questions began (time.monotonic())."""
+    import time
+
+    store = services.create_live_questions
+    began: list[float] = []
+
+    def create_live_questions(*args, **kwargs):
+        began.append(time.monotonic())
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(services, "create_live_questions", create_live_questions)
+    return began
+
+
 async def test_a_question_no_worker_can_be_handed_is_stored_failed_and_the_listener_told(
     open_listener, monkeypatch, fake_openai
 ):
@@ -164,59 +180,46 @@ async def test_a_question_no_worker_can_be_handed_is_stored_failed_and_the_liste
 
 
 async def test_a_question_is_stored_while_a_hanging_channel_layer_holds_its_hand_over(
-    open_listener, monkeypatch, fake_openai
+    open_listener, monkeypatch, fake_openai, store_began
 ):
     import asyncio
     import time
 
     from answers import dispatch
 
-    store = services.create_live_questions
-    began: list[float] = []
-
     async def layer_hangs(message):
         await asyncio.sleep(1.0)
         raise ConnectionError("channel layer timed out")
 
-    def create_live_questions(*args, **kwargs):
-        began.append(time.monotonic())
-        return store(*args, **kwargs)
-
     listener = await open_listener()
     monkeypatch.setattr(dispatch, "to_workers", layer_hangs)
-    monkeypatch.setattr(services, "create_live_questions", create_live_questions)
     sent = time.monotonic()
     await listener.send_to(text_data=json.dumps({"type": "question", "question": "Still there?"}))
     assert (await listener.receive_from(TIMEOUT)).startswith("ERROR unavailable: No answer worker")
-    assert began[0] - sent < 0.5  # stored without waiting for the hand-over to give up
+    assert store_began[0] - sent < 0.5  # stored without waiting for the hand-over to give up
     assert (await Question.objects.aget()).status == Question.Status.FAILED
 
 
 async def test_a_question_is_handed_to_a_worker_before_the_database_thread_stores_it(
-    open_listener, monkeypatch, fake_openai
+    open_listener, monkeypatch, fake_openai, store_began
 ):
     """The store's Python on the database thread would hold up the hand-over's round trips to Redis."""
     import time
 
     from answers import dispatch
 
-    to_workers, store = dispatch.to_workers, services.create_live_questions
-    moments: dict[str, float] = {}
+    to_workers = dispatch.to_workers
+    handed_over: list[float] = []
 
     async def hand_over(message):
         await to_workers(message)
-        moments.setdefault("handed over", time.monotonic())
-
-    def create_live_questions(*args, **kwargs):
-        moments.setdefault("store began", time.monotonic())
-        return store(*args, **kwargs)
+        handed_over.append(time.monotonic())
 
     listener = await open_listener()
     monkeypatch.setattr(dispatch, "to_workers", hand_over)
-    monkeypatch.setattr(services, "create_live_questions", create_live_questions)
     await listener.send_to(text_data=json.dumps({"type": "question", "question": "In which order?"}))
     assert (await receive_until_end(listener))[-1] == "##END##"
-    assert moments["handed over"] <= moments["store began"]
+    assert handed_over[0] <= store_began[0]
 
 
 async def test_disconnect_mid_answer_leaves_no_task_and_no_traceback(open_listener, fake_openai, caplog):
