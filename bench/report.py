@@ -122,7 +122,11 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
                 f" “{limit['latest_chunk']}”, at {_ms(limit['total'])} ms."
             )
         if "piper_first_chunk_seconds" in limit:
-            notes.append(f"Piper alone takes {_ms(limit['piper_first_chunk_seconds'])} ms to the first chunk's MP3.")
+            alone = limit.get("piper_first_chunk_samples") or [limit["piper_first_chunk_seconds"]]
+            notes.append(
+                f"Piper alone takes {_ms(limit['piper_first_chunk_seconds'])} ms to the first chunk's MP3 (median of"
+                f" {len(alone)}, timed before and after the answers; {_ms(min(alone))}–{_ms(max(alone))} ms)."
+            )
         if ratio := scenario.get("synthesis_to_audio"):
             notes.append(f"Synthesis time / audio duration: median {ratio['median']:.2f}, max {ratio['max']:.2f}.")
         if limit.get("whole_first_chunk"):
@@ -182,7 +186,8 @@ METHOD = """## Method
   precedes every measurement.
 - **Physical limit** of the first audio: the LLM's first-token delay + the time to write the first
   chunk's tokens + the TTS first-byte delay, from the script and the first chunk actually spoken (for
-  Piper: its own measured time to the first chunk's audio). The total is held to two bounds: the
+  Piper: its own time to the first chunk's audio, the median of 10 timings in the benchmark's process,
+  5 before the answers and 5 after them). The total is held to two bounds: the
   target's LLM end + the last chunk's synthesis, and the physical one — the latest of every chunk's
   last token written + its synthesis (the two differ when a long chunk released near the end finishes
   after the last one).

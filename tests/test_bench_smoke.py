@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
 import pytest
 
+from bench.scenarios import FIRST_AUDIO_SLACK_ONE
 from tests.processes import ROOT, base_env
 
 pytestmark = pytest.mark.e2e
@@ -48,3 +50,22 @@ def test_quick_fan_out_reports_overlays_first_audio_and_the_separate_pings(tmp_p
     many = fanout["liveqa"]
     assert many["answers"] == fanout["config"]["overlays"] * fanout["config"]["answers"] and many["failed"] == 0
     assert many["first_audio"]["median"] > 0 and many["ping"]["n"] > 0 and many["ping"]["p95"] > 0
+
+
+def test_quick_offline_run_times_piper_alone_before_and_after_the_answers_and_bounds_by_the_median(tmp_path):
+    results_path = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--scenario", "offline", "--json", str(results_path),
+         "--out", str(tmp_path / "bench.md")],
+        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    offline = json.loads(results_path.read_text())["scenarios"]["offline"]
+    assert offline["available"], offline.get("note")
+    assert offline["liveqa"]["answers"] > 0 and offline["liveqa"]["failed"] == 0
+    alone = offline["limit"]["piper_first_chunk_samples"]
+    assert len(alone) == 4 and all(seconds > 0 for seconds in alone)
+    assert offline["limit"]["piper_first_chunk_seconds"] == statistics.median(alone)
+    (first_audio,) = [t for t in offline["targets"] if t["name"].startswith("first audio")]
+    assert first_audio["bound"] == pytest.approx(offline["limit"]["first_audio"] + FIRST_AUDIO_SLACK_ONE)
+    assert "median of 4, timed before and after the answers" in (tmp_path / "bench.md").read_text()
