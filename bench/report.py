@@ -122,7 +122,7 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
                 f" “{limit['latest_chunk']}”, at {_ms(limit['total'])} ms."
             )
         if "piper_first_chunk_seconds" in limit:
-            alone = limit.get("piper_first_chunk_samples") or [limit["piper_first_chunk_seconds"]]
+            alone = limit["piper_first_chunk_samples"]
             notes.append(
                 f"Piper alone takes {_ms(limit['piper_first_chunk_seconds'])} ms to the first chunk's MP3 (median of"
                 f" {len(alone)}, timed before and after the answers; {_ms(min(alone))}–{_ms(max(alone))} ms)."
