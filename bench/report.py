@@ -127,6 +127,14 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
                 f"Piper alone takes {_ms(limit['piper_first_chunk_seconds'])} ms to the first chunk's MP3 (median of"
                 f" {len(alone)}, timed before and after the answers; {_ms(min(alone))}–{_ms(max(alone))} ms)."
             )
+        if "handshake_seconds" in limit:
+            notes.append(
+                f"Every new connection to the fake waits {_ms(limit['handshake_seconds'])} ms before its first"
+                f" request is served, and every question follows {limit['quiet_seconds']:.0f} s of quiet, longer"
+                " than the clients' 5 s keep-alive: its LLM and speech requests find no open connection. The"
+                " limit has the LLM request's handshake; not the speech's, which can be opened while the LLM"
+                " thinks."
+            )
         if ratio := scenario.get("synthesis_to_audio"):
             notes.append(f"Synthesis time / audio duration: median {ratio['median']:.2f}, max {ratio['max']:.2f}.")
         if limit.get("whole_first_chunk"):
@@ -178,6 +186,8 @@ METHOD = """## Method
 - **Script** (standard): 92 word-sized tokens, first token after 300 ms, then one every 20 ms; speech
   answers its first byte after 150 ms, then streams 4 pieces at 5 ms per character (≈ 12× faster than
   the audio plays). Slow TTS: first byte after 50 ms, 8 pieces paced so synthesis ≈ 0.9 × the audio.
+  A remote server: the standard script, but the first request on each new connection is served 60 ms
+  after the connection was accepted (a TCP and a TLS handshake), and each question follows 6 s of quiet.
 - **Clients**: `websockets` connections speaking protocol 2 on `/live/answer`, pinging every 50 ms
   while answered (the per-connection rate limit is raised for this); overlays on
   `/ws/overlay/<slug>/` fed by questions posted to `/api/streams/<slug>/questions` on an auto-approving
@@ -187,10 +197,10 @@ METHOD = """## Method
 - **Physical limit** of the first audio: the LLM's first-token delay + the time to write the first
   chunk's tokens + the TTS first-byte delay, from the script and the first chunk actually spoken (for
   Piper: its own time to the first chunk's audio, the median of 10 timings in the benchmark's process,
-  5 before the answers and 5 after them). The total is held to two bounds: the
-  target's LLM end + the last chunk's synthesis, and the physical one — the latest of every chunk's
-  last token written + its synthesis (the two differ when a long chunk released near the end finishes
-  after the last one).
+  5 before the answers and 5 after them; for a remote server, plus the LLM connection's handshake). The
+  total is held to two bounds: the target's LLM end + the last chunk's synthesis, and the physical one —
+  the latest of every chunk's last token written + its synthesis (the two differ when a long chunk
+  released near the end finishes after the last one).
 - **Naive baseline** (`bench/naive.py`): its own `websockets` server on the same fake, doing it the
   old way — split at every `.!?`, a queue polled every 100 ms, one whole-file TTS call after another,
   everything inside the WebSocket handler (so pings wait for the answer to end)."""

@@ -9,21 +9,26 @@ import sys
 
 import pytest
 
-from bench.scenarios import FIRST_AUDIO_SLACK_ONE
+from bench.scenarios import FIRST_AUDIO_SLACK_ONE, REMOTE_SCRIPT
 from tests.processes import ROOT, base_env
 
 pytestmark = pytest.mark.e2e
 
 
-def test_quick_benchmark_reports_first_audio_total_ping_and_process_figures(tmp_path):
+def run_quick(tmp_path, scenario: str, *extra: str, timeout: float) -> dict:
+    """`python -m bench --quick --scenario <scenario>`, its JSON results (the markdown in bench.md)."""
     results_path = tmp_path / "bench.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--scenario", "one", "--json", str(results_path),
-         "--out", str(tmp_path / "bench.md"), "--png", str(tmp_path / "timeline.png")],
-        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "bench", "--quick", "--scenario", scenario, "--json", str(results_path),
+         "--out", str(tmp_path / "bench.md"), *extra],
+        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    one = json.loads(results_path.read_text())["scenarios"]["one"]
+    return json.loads(results_path.read_text())["scenarios"][scenario]
+
+
+def test_quick_benchmark_reports_first_audio_total_ping_and_process_figures(tmp_path):
+    one = run_quick(tmp_path, "one", "--png", str(tmp_path / "timeline.png"), timeout=60)
     for system in ("liveqa", "naive"):
         result = one[system]
         assert result["answers"] > 0 and result["failed"] == 0
@@ -39,13 +44,7 @@ def test_quick_benchmark_reports_first_audio_total_ping_and_process_figures(tmp_
 
 def test_quick_fan_out_reports_overlays_first_audio_and_the_separate_pings(tmp_path):
     """The fan-out's ping probe runs in a process of its own and hands its round trips back."""
-    results_path = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--scenario", "fanout", "--json", str(results_path)],
-        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    fanout = json.loads(results_path.read_text())["scenarios"]["fanout"]
+    fanout = run_quick(tmp_path, "fanout", timeout=90)
     assert fanout["available"], fanout.get("note")
     many = fanout["liveqa"]
     assert many["answers"] == fanout["config"]["overlays"] * fanout["config"]["answers"] and many["failed"] == 0
@@ -53,14 +52,7 @@ def test_quick_fan_out_reports_overlays_first_audio_and_the_separate_pings(tmp_p
 
 
 def test_quick_offline_run_times_piper_alone_before_and_after_the_answers_and_bounds_by_the_median(tmp_path):
-    results_path = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--scenario", "offline", "--json", str(results_path),
-         "--out", str(tmp_path / "bench.md")],
-        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    offline = json.loads(results_path.read_text())["scenarios"]["offline"]
+    offline = run_quick(tmp_path, "offline", timeout=120)
     assert offline["available"], offline.get("note")
     assert offline["liveqa"]["answers"] > 0 and offline["liveqa"]["failed"] == 0
     alone = offline["limit"]["piper_first_chunk_samples"]
@@ -69,3 +61,15 @@ def test_quick_offline_run_times_piper_alone_before_and_after_the_answers_and_bo
     (first_audio,) = [t for t in offline["targets"] if t["name"].startswith("first audio")]
     assert first_audio["bound"] == pytest.approx(offline["limit"]["first_audio"] + FIRST_AUDIO_SLACK_ONE)
     assert "median of 4, timed before and after the answers" in (tmp_path / "bench.md").read_text()
+
+
+def test_quick_remote_run_pays_the_scripted_handshake_of_the_llm_request_after_a_quiet_spell(tmp_path):
+    remote = run_quick(tmp_path, "remote", timeout=90)
+    assert remote["liveqa"]["answers"] == 1 and remote["liveqa"]["failed"] == 0
+    limit = remote["limit"]
+    assert limit["handshake_seconds"] == REMOTE_SCRIPT["new_connection_delay"] > 0
+    # The limit includes the LLM connection's handshake, which no answer can avoid: the fake applied it.
+    assert limit["first_audio"] < remote["liveqa"]["first_audio"]["median"]
+    (first_audio,) = [t for t in remote["targets"] if t["name"].startswith("first audio")]
+    assert first_audio["bound"] == pytest.approx(limit["first_audio"] + FIRST_AUDIO_SLACK_ONE)
+    assert "find no open connection" in (tmp_path / "bench.md").read_text()

@@ -252,6 +252,7 @@ class _AnswerRun:
         self.limit = asyncio.Semaphore(pipeline.concurrency)
         # The next chunk, synthesized before the chunker has confirmed where it ends.
         self.early: tuple[_Slot, asyncio.Task[None]] | None = None
+        self.speaking = asyncio.Event()  # a synthesis has started, or none will
 
     def now(self) -> float:
         return self.pipeline.clock() - self.started
@@ -261,6 +262,7 @@ class _AnswerRun:
         self.events.put_nowait(AnswerStarted())
         try:
             async with asyncio.timeout(self.pipeline.answer_timeout), asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.ready_speech(), name="answer-tts-ahead")
                 failure = await self.generate(tasks)
             # Every synthesis has ended, so every chunk has been spoken or has failed.
             assert not self.order, "chunks left unspoken"
@@ -305,7 +307,20 @@ class _AnswerRun:
         for chunk in chunker.flush():
             self.submit(chunk, tasks)
         self.cancel_early()
+        self.speaking.set()
         return failure
+
+    async def ready_speech(self) -> None:
+        """While the LLM thinks, have the voice's engine ready for the first chunk (its connection to a
+        speech server open), until a synthesis starts: the first word waits for the LLM, not for a TCP
+        and TLS handshake. The connection pool closes idle connections after a few seconds, so after
+        a quiet spell every answer's first speech request would otherwise open one."""
+        try:
+            engine, _ = self.pipeline.speech.route(self.request.voice, self.request.voice.language)
+        except TTSError:
+            return  # the chunks report it
+        async with engine.ready_ahead():
+            await self.speaking.wait()
 
     def speculate(self, chunk: Chunk | None, tasks: asyncio.TaskGroup) -> None:
         """Start synthesizing the next chunk as soon as its end is likely, rather than when the next
@@ -321,7 +336,7 @@ class _AnswerRun:
         if chunk is not None:
             slot = _Slot(chunk, ChunkTimings(ready=0.0), self.pipeline.speech, self.request.voice)
             if slot.engine is not None and (chunk.seq == 0 or slot.engine.cancels_cleanly):
-                self.early = slot, tasks.create_task(self.synthesize(slot.engine, slot), name="answer-tts-early")
+                self.early = slot, self.start_synthesis(slot.engine, slot, tasks, "answer-tts-early")
 
     def cancel_early(self) -> None:
         if self.early is not None:
@@ -342,7 +357,15 @@ class _AnswerRun:
         slot = _Slot(chunk, ChunkTimings(ready=self.now()), self.pipeline.speech, self.request.voice)
         self.queue(slot)
         if slot.engine is not None:
-            tasks.create_task(self.synthesize(slot.engine, slot), name=f"answer-tts-{chunk.seq}")
+            self.start_synthesis(slot.engine, slot, tasks, f"answer-tts-{chunk.seq}")
+
+    def start_synthesis(
+        self, engine: TTSEngine, slot: _Slot, tasks: asyncio.TaskGroup, name: str
+    ) -> asyncio.Task[None]:
+        # Set first: what ready_speech held goes back to the engine's pool before this task runs, so
+        # that its request takes it.
+        self.speaking.set()
+        return tasks.create_task(self.synthesize(engine, slot), name=name)
 
     async def synthesize(self, engine: TTSEngine, slot: _Slot) -> None:
         """Synthesize one chunk, at most `concurrency` at a time, each piece passed on as it comes."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import httpx
 import openai
+
+from .openai_client import connection_ahead
 
 FORMATS = ("mp3", "wav", "pcm", "opus")
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -63,6 +67,11 @@ class TTSEngine(abc.ABC):
         """Whether this engine, with this voice, can read text in `language` (an ISO 639-1 code)."""
         return True
 
+    def ready_ahead(self) -> AbstractAsyncContextManager[None]:
+        """While the block runs, keep ready what the next synthesis will need (an open connection), so
+        that it starts at once. Nothing, for an engine that has nothing to prepare."""
+        return contextlib.nullcontext()
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients and models."""
 
@@ -107,6 +116,9 @@ class OpenAISpeech(TTSEngine):
 
     def audio_format(self, voice: Voice) -> AudioFormat:
         return AudioFormat(voice.format, self.SAMPLE_RATE)
+
+    def ready_ahead(self) -> AbstractAsyncContextManager[None]:
+        return connection_ahead(self.client)
 
     async def synthesize(self, text: str, voice: Voice) -> AsyncIterator[bytes]:
         # Posted as a plain body and read as the raw response, like the LLM's stream: the client still

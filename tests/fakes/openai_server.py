@@ -1,7 +1,8 @@
 """A paced fake OpenAI-compatible server on loopback: SSE chat tokens and a speech endpoint, with
 delays, streaming, out-of-order completion and failures on cue, so the real `openai` client runs.
 Everything scripted is paced against deadlines from the request's arrival, so delays do not drift, and
-the moment each token and audio piece was written is logged (`time.monotonic()`, GET /log).
+the moment each token and audio piece was written is logged (`time.monotonic()`, GET /log), with when the
+connection each request came on was accepted.
 
 Run standalone (for subprocess tests and the benchmark):
     python -m tests.fakes.openai_server --port 0 --script '{"tokens": [...], ...}'
@@ -90,6 +91,9 @@ class Script:
     # Pad with silent MP3 frames (64 kbit/s, 24 kHz mono) rather than zeros: the padded audio is then a
     # stream of frames whose duration can be read, as a real provider's MP3 can.
     tts_mp3_frames: bool = False
+    # A remote server's TCP and TLS handshake: the first request on a new connection is served only this
+    # long after the connection was accepted.
+    new_connection_delay: float = 0.0
 
 
 class FakeOpenAI:
@@ -102,7 +106,9 @@ class FakeOpenAI:
         self.open_streams = 0  # chat or speech responses currently being written
         self.closed_early: list[str] = []  # responses whose client went away
         self.log: dict[str, list[dict[str, Any]]] = {"chat": [], "speech": []}  # when things were written
+        self.connected: dict[int, float] = {}  # a client's port → when its connection was accepted
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.port = 0
 
     @property
@@ -121,12 +127,29 @@ class FakeOpenAI:
     async def start(self, port: int = 0) -> FakeOpenAI:
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._server = await asyncio.get_running_loop().create_server(self._accept, "127.0.0.1", port)
+        self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    def _accept(self) -> asyncio.Protocol:
+        assert self._runner is not None and self._runner.server is not None
+        return _Accepted(self._runner.server(), self.connected)
+
+    def _connected(self, request: web.Request) -> float | None:
+        """When the connection `request` came on was accepted."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return self.connected.get(peer[1]) if peer else None
+
+    async def _handshake(self, record: dict[str, Any]) -> None:
+        """Wait out what is left of the scripted handshake of the request's connection; the request's
+        pacing starts after it, as a remote server's would."""
+        if self.script.new_connection_delay and record["connected"] is not None:
+            await _sleep_until(record["connected"] + self.script.new_connection_delay)
+            record["start"] = max(record["start"], time.monotonic())
+
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -149,6 +172,8 @@ class FakeOpenAI:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         record: dict[str, Any] = {"start": time.monotonic(), "tokens": [], "end": None}
+        record["connected"] = self._connected(request)
+        await self._handshake(record)
         self.log["chat"].append(record)
         body = await request.json()
         self.chat_requests.append(body)
@@ -191,6 +216,8 @@ class FakeOpenAI:
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
         record: dict[str, Any] = {"start": time.monotonic(), "pieces": [], "end": None}
+        record["connected"] = self._connected(request)
+        await self._handshake(record)
         self.speech_requests.append(record)
         self.log["speech"].append(record)
         record["body"] = body = await request.json()
@@ -263,6 +290,33 @@ def _delta(body: dict[str, Any], token: str | None) -> dict[str, Any]:
             }
         ],
     }
+
+
+class _Accepted(asyncio.Protocol):
+    """aiohttp's handler of a new connection, with the moment the connection was accepted logged."""
+
+    def __init__(self, handler: asyncio.Protocol, connected: dict[int, float]):
+        self.handler = handler
+        self.connected = connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connected[transport.get_extra_info("peername")[1]] = time.monotonic()
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

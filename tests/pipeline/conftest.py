@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
 from answers.pipeline.answer import AnswerEvent, AnswerPipeline, AnswerRequest, AudioFrame
 from answers.pipeline.llm import LLMRequest, LLMTimeouts, OpenAIChatLLM
+from answers.pipeline.openai_client import async_openai
 from answers.pipeline.tts import OpenAISpeech, SpeechRouter, Voice
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -134,13 +134,14 @@ async def make_llm(server: FakeOpenAI) -> AsyncIterator[Callable[..., OpenAIChat
 async def build_pipeline(
     server: FakeOpenAI, make_llm: Callable[..., OpenAIChatLLM]
 ) -> AsyncIterator[Callable[..., AnswerPipeline]]:
-    """AnswerPipeline on the real OpenAIChatLLM and OpenAISpeech, both talking to the fake server.
+    """AnswerPipeline on the real OpenAIChatLLM and OpenAISpeech, both talking to the fake server through
+    the clients production builds.
 
     Keyword arguments go to AnswerPipeline, except `timeouts` and `retries` (to the LLM)."""
     routers: list[SpeechRouter] = []
 
     def build(*, timeouts: LLMTimeouts = FAST, retries: int = 1, **options: Any) -> AnswerPipeline:
-        client = openai.AsyncOpenAI(api_key="k", base_url=server.base_url, max_retries=0)
+        client = async_openai(api_key="k", base_url=server.base_url, max_retries=0)
         speech = SpeechRouter({"openai": OpenAISpeech(client, "fake-tts")})
         routers.append(speech)
         options.setdefault("answer_timeout", STEP)

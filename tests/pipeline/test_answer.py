@@ -157,6 +157,35 @@ async def test_on_an_engine_that_cannot_stop_part_way_only_the_first_chunk_is_st
     assert len(spoken(events)) == 3
 
 
+async def test_the_first_chunk_is_spoken_on_a_connection_opened_while_the_llm_was_thinking(server, build_pipeline):
+    # Each of three answers started together holds a connection of its own, not one between them.
+    server.script = Script(tokens=split_tokens(FOUR), first_token_delay=0.2, token_delay=0.01)
+    pipeline = build_pipeline()
+    answers = await asyncio.gather(*(collect(pipeline, answer_request(f"Question {i}?")) for i in range(3)))
+
+    first_token = min(chat["tokens"][0] for chat in server.log["chat"])
+    firsts = [speech for speech in server.log["speech"] if speech["text"] == "The first sentence is slow to speak."]
+    assert len(firsts) == 3
+    assert all(speech["connected"] < first_token for speech in firsts)
+    assert len({speech["connected"] for speech in firsts}) == 3  # three connections
+    assert all(len(spoken(events_of(received))) == 4 for received in answers)
+
+
+async def test_the_connection_held_for_an_answer_that_speaks_nothing_goes_back_to_the_pool(server, build_pipeline):
+    pipeline = build_pipeline()
+    server.script = Script(tokens=split_tokens(FOUR), fail_status=500, fail_first=100)
+    before = asyncio.all_tasks()
+    assert isinstance(terminal(events_of(await collect(pipeline, answer_request()))), AnswerFailed)
+    assert await leftover_tasks(before) == []
+
+    server.script = Script(tokens=split_tokens(FOUR))
+    started = time.monotonic()
+    events = events_of(await collect(pipeline, answer_request()))
+    assert len(spoken(events)) == 4
+    # The failed answer's connection, opened before this answer started, took its first speech.
+    assert server.log["speech"][0]["connected"] < started
+
+
 async def test_a_first_chunk_started_early_that_the_next_token_disproves_is_cancelled(server, build_pipeline):
     server.script = Script(
         tokens=["The price is 1,", "299 dollars in total.", " Thank you for asking."], token_delay=0.2,
