@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import httpx
 import openai
 
 from .openai_client import connection_ahead
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("mp3", "wav", "pcm", "opus")
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -102,6 +105,14 @@ class SpeechRouter:
             await engine.aclose()
 
 
+def _innermost(exc: BaseException) -> BaseException:
+    """The error at the bottom of `exc`'s causes: openai and httpx-aiohttp rename what aiohttp raised (a
+    server that closed the connection becomes a "timeout")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 class OpenAISpeech(TTSEngine):
     """`/v1/audio/speech` of any OpenAI-compatible server, read as a stream so the first bytes can be
     forwarded before the whole chunk is synthesized."""
@@ -133,13 +144,13 @@ class OpenAISpeech(TTSEngine):
             "response_format": voice.format,
         }
         try:
-            response = await self.client.post(
-                "/audio/speech",
-                body=body,
-                cast_to=httpx.Response,
-                stream=True,
-                options={"headers": {"Accept": "application/octet-stream"}},
-            )
+            try:
+                response = await self._post(body)
+            except openai.APIConnectionError as exc:
+                # Before any answer: most likely a pooled connection the server closed as the request
+                # went out (servers close idle connections after a few seconds, as the pool does).
+                logger.info("speech request's connection broke before an answer (%s); sending it again", exc)
+                response = await self._post(body)
             try:
                 async for data in response.aiter_bytes():
                     if data:
@@ -149,10 +160,19 @@ class OpenAISpeech(TTSEngine):
         except openai.APIStatusError as exc:
             raise TTSError(f"speech endpoint answered {exc.status_code}") from exc
         except openai.APIError as exc:
-            raise TTSError(f"speech request failed: {exc.__class__.__name__}") from exc
+            raise TTSError(f"speech request failed: {_innermost(exc).__class__.__name__}") from exc
         except httpx.HTTPError as exc:
             # The client wraps errors of the request, not of the streamed body read after it.
             raise TTSError(f"speech stream broken: {exc.__class__.__name__}") from exc
+
+    async def _post(self, body: dict[str, object]) -> httpx.Response:
+        return await self.client.post(
+            "/audio/speech",
+            body=body,
+            cast_to=httpx.Response,
+            stream=True,
+            options={"headers": {"Accept": "application/octet-stream"}},
+        )
 
     async def aclose(self) -> None:
         await self.client.close()

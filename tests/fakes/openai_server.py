@@ -85,6 +85,9 @@ class Script:
     tts_delays: dict[str, float] = field(default_factory=dict)  # extra delay when the text contains key
     tts_fail_on: list[str] = field(default_factory=list)  # 500 when the text contains one of these
     tts_break_on: list[str] = field(default_factory=list)  # cut the connection after the first piece
+    # Cut the connection of the first this many speech requests before answering (a server closing an
+    # idle connection just as a request goes out on it).
+    tts_drop_first: int = 0
     tts_audio_bytes: int = 0  # pad each chunk's audio to at least this many bytes
     tts_audio_bytes_per_char: int = 0  # ... or to len(text) × this (audio as long as the text takes to say)
     tts_real_wav: bool = False  # answer with a real 0.3 s WAV instead of the text-naming stand-in
@@ -227,6 +230,10 @@ class FakeOpenAI:
         self.max_speech_in_flight = max(self.max_speech_in_flight, self.speech_in_flight)
         self.open_streams += 1
         try:
+            if len(self.speech_requests) <= script.tts_drop_first:
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response()
             extra = sum(delay for key, delay in script.tts_delays.items() if key in text)
             first_byte = record["start"] + script.tts_first_byte + extra
             await _sleep_until(first_byte)

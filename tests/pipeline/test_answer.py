@@ -417,6 +417,24 @@ async def test_a_crash_while_chunking_fails_the_answer_as_internal_error_and_clo
 # --- TTS failures ---------------------------------------------------------------------------------
 
 
+async def test_a_speech_request_whose_connection_breaks_before_an_answer_is_sent_once_more(server, build_pipeline):
+    server.script = Script(tokens=split_tokens(FOUR), tts_drop_first=1)
+    events = events_of(await collect(build_pipeline(concurrency=1), answer_request()))
+    assert_well_formed(events)
+    assert len(spoken(events)) == 4 and not [e for e in events if isinstance(e, ChunkFailed)]
+    first, again = server.speech_requests[:2]
+    assert first["body"] == again["body"] and len(server.speech_requests) == 5
+
+
+async def test_a_speech_request_whose_connection_breaks_twice_fails_its_chunk(server, build_pipeline):
+    server.script = Script(tokens=split_tokens(FOUR), tts_drop_first=2)
+    events = events_of(await collect(build_pipeline(concurrency=1), answer_request()))
+    assert_well_formed(events)
+    [failed] = [e for e in events if isinstance(e, ChunkFailed)]
+    assert (failed.seq, failed.error) == (0, "speech request failed: ServerDisconnectedError")
+    assert sorted(spoken(events)) == [1, 2, 3]
+
+
 @pytest.mark.parametrize(
     ("script", "error"),
     [
