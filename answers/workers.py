@@ -99,6 +99,7 @@ class AnswerWorker:
             tasks.create_task(self._take_work(), name="answer-intake")
             tasks.create_task(self._serve_control(), name="answer-control")
             tasks.create_task(self._keep_alive(), name="answer-heartbeat")
+            tasks.create_task(self.pipeline.keep_warm(), name="answer-keep-warm")
             self.ready.set()
 
     async def _receive(self, layer: BaseChannelLayer, channel: str) -> dict[str, Any]:

@@ -128,12 +128,13 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
                 f" {len(alone)}, timed before and after the answers; {_ms(min(alone))}–{_ms(max(alone))} ms)."
             )
         if "handshake_seconds" in limit:
+            ahead = scenario["liveqa"].get("opened_before_the_question", {})
             notes.append(
                 f"Every new connection to the fake waits {_ms(limit['handshake_seconds'])} ms before its first"
                 f" request is served, and every question follows {limit['quiet_seconds']:.0f} s of quiet, longer"
-                " than the clients' 5 s keep-alive: its LLM and speech requests find no open connection. The"
-                " limit has the LLM request's handshake; not the speech's, which can be opened while the LLM"
-                " thinks."
+                " than the clients' 5 s keep-alive. Connections opened before the question was sent, kept"
+                f" open through the quiet: {ahead.get('llm', 0)} of {scenario['liveqa']['answers']} LLM"
+                f" requests, {ahead.get('first_speech', 0)} of the first speech requests."
             )
         if ratio := scenario.get("synthesis_to_audio"):
             notes.append(f"Synthesis time / audio duration: median {ratio['median']:.2f}, max {ratio['max']:.2f}.")
@@ -197,10 +198,9 @@ METHOD = """## Method
 - **Physical limit** of the first audio: the LLM's first-token delay + the time to write the first
   chunk's tokens + the TTS first-byte delay, from the script and the first chunk actually spoken (for
   Piper: its own time to the first chunk's audio, the median of 10 timings in the benchmark's process,
-  5 before the answers and 5 after them; for a remote server, plus the LLM connection's handshake). The
-  total is held to two bounds: the target's LLM end + the last chunk's synthesis, and the physical one —
-  the latest of every chunk's last token written + its synthesis (the two differ when a long chunk
-  released near the end finishes after the last one).
+  5 before the answers and 5 after them). The total is held to two bounds: the target's LLM end + the
+  last chunk's synthesis, and the physical one — the latest of every chunk's last token written + its
+  synthesis (the two differ when a long chunk released near the end finishes after the last one).
 - **Naive baseline** (`bench/naive.py`): its own `websockets` server on the same fake, doing it the
   old way — split at every `.!?`, a queue polled every 100 ms, one whole-file TTS call after another,
   everything inside the WebSocket handler (so pings wait for the answer to end)."""

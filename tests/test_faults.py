@@ -241,7 +241,12 @@ async def test_disconnect_mid_answer_leaves_no_task_and_no_traceback(open_listen
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     names = {task.get_name() for task in asyncio.all_tasks()}
     # Only the worker's own long-lived tasks are left: its answer, pipeline and speech tasks have ended.
-    assert {n for n in names if n.startswith("answer-")} <= {"answer-intake", "answer-control", "answer-heartbeat"}
+    assert {n for n in names if n.startswith("answer-")} <= {
+        "answer-intake",
+        "answer-control",
+        "answer-heartbeat",
+        "answer-keep-warm",
+    }
 
 
 def test_a_question_is_claimed_by_one_worker_only(db):

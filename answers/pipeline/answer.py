@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from .chunker import Chunk, SpeechChunker
 from .llm import LLM, LLMError, LLMRequest
+from .openai_client import KEEPALIVE
 from .tts import AudioFormat, SpeechRouter, TTSEngine, TTSError, Voice
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,21 @@ class AnswerPipeline:
         if failure is not None:
             return AnswerFailed(failure, written, timings)
         return AnswerDone(written, timings)
+
+    async def keep_warm(self, every: float = 0.8 * KEEPALIVE) -> None:
+        """Keep a connection to the LLM's server and to each speech server open, until cancelled: the
+        clients' pools close connections left idle for KEEPALIVE seconds, so after every quiet spell
+        (in a livestream, before nearly every question) the LLM request would wait for a TCP and TLS
+        handshake on the way to the first word. Every `every` seconds an idle connection is taken and
+        given back, which starts its idle time anew, or one is opened if the server closed it."""
+        while True:
+            for ready in (self.llm.ready_ahead(), *(e.ready_ahead() for e in self.speech.engines.values())):
+                try:
+                    async with ready:
+                        pass
+                except Exception as exc:
+                    logger.debug("could not keep a connection open: %s", exc)
+            await asyncio.sleep(every)
 
     def start(self, request: AnswerRequest) -> Answering:
         """Start answering now; the events wait in the returned `Answering` until they are read."""

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 
-from .openai_client import async_openai
+from .openai_client import async_openai, connection_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,11 @@ class LLM(abc.ABC):
     @abc.abstractmethod
     def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         """Yield text as it is generated. Raise LLMError on failure; close everything on cancellation."""
+
+    def ready_ahead(self) -> AbstractAsyncContextManager[None]:
+        """While the block runs, keep ready what the next request will need (an open connection).
+        Nothing, for a model with nothing to prepare."""
+        return contextlib.nullcontext()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients and models."""
@@ -226,6 +233,9 @@ class OpenAIChatLLM(LLM):
             choices = event.get("choices") if isinstance(event, dict) else None
             if choices and (text := (choices[0].get("delta") or {}).get("content")):
                 yield text
+
+    def ready_ahead(self) -> AbstractAsyncContextManager[None]:
+        return connection_ahead(self.client)
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -7,7 +7,8 @@ otherwise a process's first answer waited about 300 ms for them.
 
 A client built here can also open a connection to its server before it has a request to send
 (`connection_ahead`): the speech client does so while the LLM is still thinking, so that the first
-chunk's speech does not wait for a TCP (and TLS) handshake."""
+chunk's speech does not wait for a TCP (and TLS) handshake, and each worker keeps one connection to
+each server open through quiet spells (`AnswerPipeline.keep_warm`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ from httpx_aiohttp import AiohttpTransport
 from openai import DEFAULT_CONNECTION_LIMITS
 
 logger = logging.getLogger(__name__)
+
+# The pool closes a connection left idle this long (httpx's default keep-alive expiry, which openai
+# passes on); `connection_ahead` gives a connection back with its idle time started anew.
+KEEPALIVE = DEFAULT_CONNECTION_LIMITS.keepalive_expiry or 5.0
 
 # Each client's transport, for connection_ahead; a client not built here has none.
 _transports: weakref.WeakKeyDictionary[openai.AsyncOpenAI, _PooledTransport] = weakref.WeakKeyDictionary()

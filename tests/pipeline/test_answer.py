@@ -186,6 +186,22 @@ async def test_the_connection_held_for_an_answer_that_speaks_nothing_goes_back_t
     assert server.log["speech"][0]["connected"] < started
 
 
+async def test_connections_kept_warm_take_the_next_answers_llm_request_and_first_speech(server, build_pipeline):
+    server.script = Script(tokens=split_tokens(FOUR))
+    pipeline = build_pipeline()
+    keeping = asyncio.create_task(pipeline.keep_warm(every=0.05))
+    try:
+        await eventually(lambda: len(server.connected) == 2, within=STEP)  # the LLM's and the speech's
+        started = time.monotonic()
+        events = events_of(await collect(pipeline, answer_request()))
+    finally:
+        keeping.cancel()
+        await asyncio.wait({keeping})
+    assert len(spoken(events)) == 4
+    assert server.log["chat"][0]["connected"] < started
+    assert server.log["speech"][0]["connected"] < started
+
+
 async def test_a_first_chunk_started_early_that_the_next_token_disproves_is_cancelled(server, build_pipeline):
     server.script = Script(
         tokens=["The price is 1,", "299 dollars in total.", " Thank you for asking."], token_delay=0.2,
