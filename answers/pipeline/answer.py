@@ -7,7 +7,7 @@ import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import asdict, dataclass, field
 
 from .chunker import Chunk, SpeechChunker
@@ -201,13 +201,18 @@ class AnswerPipeline:
         (in a livestream, before nearly every question) the LLM request would wait for a TCP and TLS
         handshake on the way to the first word. Every `every` seconds an idle connection is taken and
         given back, which starts its idle time anew, or one is opened if the server closed it."""
+
+        async def refresh(ready: AbstractAsyncContextManager[None]) -> None:
+            try:
+                async with ready:
+                    pass
+            except Exception as exc:
+                logger.debug("could not keep a connection open: %s", exc)
+
         while True:
-            for ready in (self.llm.ready_ahead(), *(e.ready_ahead() for e in self.speech.engines.values())):
-                try:
-                    async with ready:
-                        pass
-                except Exception as exc:
-                    logger.debug("could not keep a connection open: %s", exc)
+            # Together: a server that does not answer must not hold up the others' turn.
+            engines = self.speech.engines.values()
+            await asyncio.gather(refresh(self.llm.ready_ahead()), *(refresh(e.ready_ahead()) for e in engines))
             await asyncio.sleep(every)
 
     def start(self, request: AnswerRequest) -> Answering:
@@ -268,7 +273,7 @@ class _AnswerRun:
         self.limit = asyncio.Semaphore(pipeline.concurrency)
         # The next chunk, synthesized before the chunker has confirmed where it ends.
         self.early: tuple[_Slot, asyncio.Task[None]] | None = None
-        self.speaking = asyncio.Event()  # a synthesis has started, or none will
+        self.readying: asyncio.Task[None] | None = None  # ready_speech, until a synthesis starts
 
     def now(self) -> float:
         return self.pipeline.clock() - self.started
@@ -278,7 +283,7 @@ class _AnswerRun:
         self.events.put_nowait(AnswerStarted())
         try:
             async with asyncio.timeout(self.pipeline.answer_timeout), asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.ready_speech(), name="answer-tts-ahead")
+                self.readying = tasks.create_task(self.ready_speech(), name="answer-tts-ahead")
                 failure = await self.generate(tasks)
             # Every synthesis has ended, so every chunk has been spoken or has failed.
             assert not self.order, "chunks left unspoken"
@@ -323,20 +328,28 @@ class _AnswerRun:
         for chunk in chunker.flush():
             self.submit(chunk, tasks)
         self.cancel_early()
-        self.speaking.set()
+        self.done_readying()
         return failure
 
     async def ready_speech(self) -> None:
         """While the LLM thinks, have the voice's engine ready for the first chunk (its connection to a
-        speech server open), until a synthesis starts: the first word waits for the LLM, not for a TCP
-        and TLS handshake. The connection pool closes idle connections after a few seconds, so after
-        a quiet spell every answer's first speech request would otherwise open one."""
+        speech server open), until cancelled by `done_readying`: the first word waits for the LLM, not
+        for a TCP and TLS handshake. The connection pool closes idle connections after a few seconds,
+        so after a quiet spell every answer's first speech request would otherwise open one."""
         try:
             engine, _ = self.pipeline.speech.route(self.request.voice, self.request.voice.language)
         except TTSError:
             return  # the chunks report it
         async with engine.ready_ahead():
-            await self.speaking.wait()
+            await asyncio.get_running_loop().create_future()
+
+    def done_readying(self) -> None:
+        """A synthesis starts, or none will: what ready_speech holds goes back to the engine's pool in its
+        task's next step, which runs before any task created after this call. Cancelled rather than
+        told, so that a connection still being opened (to a server that does not answer) does not hold
+        up the end of the answer."""
+        if self.readying is not None:
+            self.readying.cancel()
 
     def speculate(self, chunk: Chunk | None, tasks: asyncio.TaskGroup) -> None:
         """Start synthesizing the next chunk as soon as its end is likely, rather than when the next
@@ -378,9 +391,7 @@ class _AnswerRun:
     def start_synthesis(
         self, engine: TTSEngine, slot: _Slot, tasks: asyncio.TaskGroup, name: str
     ) -> asyncio.Task[None]:
-        # Set first: what ready_speech held goes back to the engine's pool before this task runs, so
-        # that its request takes it.
-        self.speaking.set()
+        self.done_readying()  # first, so that this task's request takes what ready_speech held
         return tasks.create_task(self.synthesize(engine, slot), name=name)
 
     async def synthesize(self, engine: TTSEngine, slot: _Slot) -> None:

@@ -4,7 +4,9 @@ latency, cancellation, failures and the shape of the event stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 from contextlib import aclosing
 
@@ -14,6 +16,7 @@ from answers.pipeline.answer import (
     AnswerDone,
     AnswerEvent,
     AnswerFailed,
+    AnswerPipeline,
     AnswerStarted,
     AudioFrame,
     ChunkFailed,
@@ -21,6 +24,8 @@ from answers.pipeline.answer import (
 )
 from answers.pipeline.chunker import Chunk, SpeechChunker
 from answers.pipeline.llm import LLMTimeouts
+from answers.pipeline.openai_client import async_openai
+from answers.pipeline.tts import OpenAISpeech, SpeechRouter
 from tests.fakes.openai_server import Script, split_tokens
 
 from .conftest import STEP, answer_request, collect, events_of, eventually, leftover_tasks, spoken
@@ -184,6 +189,29 @@ async def test_the_connection_held_for_an_answer_that_speaks_nothing_goes_back_t
     assert len(spoken(events)) == 4
     # The failed answer's connection, opened before this answer started, took its first speech.
     assert server.log["speech"][0]["connected"] < started
+
+
+async def test_a_speech_server_that_never_accepts_does_not_hold_up_the_end_of_an_answer_with_nothing_to_say(
+    server, make_llm
+):
+    # A listening socket whose accept queue is full drops new connections' SYNs: they hang.
+    with socket.socket() as blackhole, contextlib.ExitStack() as queued:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        for _ in range(3):
+            waiting = queued.enter_context(socket.socket())
+            waiting.setblocking(False)
+            waiting.connect_ex(blackhole.getsockname())
+        client = async_openai(api_key="k", base_url=f"http://127.0.0.1:{blackhole.getsockname()[1]}/v1")
+        speech = SpeechRouter({"openai": OpenAISpeech(client, "fake-tts")})
+        server.script = Script(tokens=split_tokens(FOUR), fail_status=500, fail_first=100)
+        pipeline = AnswerPipeline(make_llm(), speech)
+        try:
+            # Well before the speech client's 5 s connect timeout.
+            events = events_of(await collect(pipeline, answer_request(), within=1.0))
+        finally:
+            await speech.aclose()
+    assert isinstance(terminal(events), AnswerFailed)
 
 
 async def test_connections_kept_warm_take_the_next_answers_llm_request_and_first_speech(server, build_pipeline):
