@@ -149,7 +149,8 @@ class OpenAISpeech(TTSEngine):
             except openai.APIConnectionError as exc:
                 # Before any answer: most likely a pooled connection the server closed as the request
                 # went out (servers close idle connections after a few seconds, as the pool does).
-                logger.info("speech request's connection broke before an answer (%s); sending it again", exc)
+                broke = _innermost(exc).__class__.__name__
+                logger.info("speech request's connection broke before an answer (%s); sending it again", broke)
                 response = await self._post(body)
             try:
                 async for data in response.aiter_bytes():
