@@ -175,7 +175,10 @@ class OpenAIChatLLM(LLM):
                 if attempt > self.retries:
                     raise LLMError(_reason(exc), str(exc)) from exc
                 logger.warning("LLM attempt %d failed before the first token (%s); retrying", attempt, exc)
-                await asyncio.sleep(self.retry_backoff * attempt)
+                # A connection that broke is tried again at once, the first time: most likely a pooled
+                # one the server closed as the request went out. A server that is busy is given time.
+                if attempt > 1 or not isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+                    await asyncio.sleep(self.retry_backoff * attempt)
                 continue
             except openai.APIStatusError as exc:
                 raise LLMError("rejected", f"{exc.status_code} {exc.message}") from exc

@@ -74,6 +74,7 @@ class Script:
     # Failures of the chat endpoint: HTTP status for the first `fail_first` requests.
     fail_status: int = 0
     fail_first: int = 0
+    drop_first: int = 0  # cut the connection of the first this many chat requests before answering
     stall_after: int | None = None  # send this many tokens, then go silent
     break_after: int | None = None  # send this many tokens, then cut the connection
     error_after: int | None = None  # send this many tokens, then an `error` event (a server overloaded mid-answer)
@@ -183,6 +184,10 @@ class FakeOpenAI:
         asked = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]
         record["question"] = asked[-1] if asked else None
         script = self.script
+        if len(self.chat_requests) <= script.drop_first:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         if script.fail_status and len(self.chat_requests) <= script.fail_first:
             return web.json_response(
                 {"error": {"message": "scripted failure", "type": "server_error"}}, status=script.fail_status

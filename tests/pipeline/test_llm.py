@@ -89,6 +89,13 @@ async def test_rate_limit_before_the_first_token_is_retried(server, make_llm):
     assert len(server.chat_requests) == 2
 
 
+async def test_a_connection_that_breaks_before_an_answer_is_tried_again_at_once(server, make_llm):
+    server.script = Script(tokens=TOKENS, drop_first=1)
+    async with asyncio.timeout(STEP / 2):  # well before the backoff
+        assert await tokens_of(make_llm(retries=1, retry_backoff=STEP)) == TOKENS
+    assert len(server.chat_requests) == 2
+
+
 async def test_rate_limit_on_every_attempt_raises_rate_limited_after_all_retries(server, make_llm):
     server.script = Script(tokens=TOKENS, fail_status=429, fail_first=100)
     assert (await failure_of(make_llm(retries=2))).reason == "rate_limited"
