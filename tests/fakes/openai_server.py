@@ -144,9 +144,10 @@ class FakeOpenAI:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return self.connected.get(peer[1]) if peer else None
 
-    async def _handshake(self, record: dict[str, Any]) -> None:
-        """Wait out what is left of the scripted handshake of the request's connection; the request's
-        pacing starts after it, as a remote server's would."""
+    async def _handshake(self, request: web.Request, record: dict[str, Any]) -> None:
+        """Log when the request's connection was accepted, and wait out what is left of its scripted
+        handshake; the request's pacing starts after it, as a remote server's would."""
+        record["connected"] = self._connected(request)
         if self.script.new_connection_delay and record["connected"] is not None:
             await _sleep_until(record["connected"] + self.script.new_connection_delay)
             record["start"] = max(record["start"], time.monotonic())
@@ -176,8 +177,7 @@ class FakeOpenAI:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         record: dict[str, Any] = {"start": time.monotonic(), "tokens": [], "end": None}
-        record["connected"] = self._connected(request)
-        await self._handshake(record)
+        await self._handshake(request, record)
         self.log["chat"].append(record)
         body = await request.json()
         self.chat_requests.append(body)
@@ -185,8 +185,7 @@ class FakeOpenAI:
         record["question"] = asked[-1] if asked else None
         script = self.script
         if len(self.chat_requests) <= script.drop_first:
-            assert request.transport is not None
-            request.transport.abort()
+            _cut(request)
             return web.Response()
         if script.fail_status and len(self.chat_requests) <= script.fail_first:
             return web.json_response(
@@ -201,8 +200,7 @@ class FakeOpenAI:
                 if script.stall_after is not None and i == script.stall_after:
                     await asyncio.sleep(3600)
                 if script.break_after is not None and i == script.break_after:
-                    assert request.transport is not None
-                    request.transport.abort()
+                    _cut(request)
                     return response
                 if script.error_after is not None and i == script.error_after:
                     await response.write(_sse({"error": {"message": "overloaded", "type": "server_error"}}))
@@ -224,8 +222,7 @@ class FakeOpenAI:
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
         record: dict[str, Any] = {"start": time.monotonic(), "pieces": [], "end": None}
-        record["connected"] = self._connected(request)
-        await self._handshake(record)
+        await self._handshake(request, record)
         self.speech_requests.append(record)
         self.log["speech"].append(record)
         record["body"] = body = await request.json()
@@ -236,8 +233,7 @@ class FakeOpenAI:
         self.open_streams += 1
         try:
             if len(self.speech_requests) <= script.tts_drop_first:
-                assert request.transport is not None
-                request.transport.abort()
+                _cut(request)
                 return web.Response()
             extra = sum(delay for key, delay in script.tts_delays.items() if key in text)
             first_byte = record["start"] + script.tts_first_byte + extra
@@ -261,8 +257,7 @@ class FakeOpenAI:
                 await response.write(audio[start : start + step])
                 record["pieces"].append(time.monotonic())
                 if any(key in text for key in script.tts_break_on):
-                    assert request.transport is not None
-                    request.transport.abort()
+                    _cut(request)
                     return response
             if pieces == 1:
                 await asyncio.sleep(0)
@@ -302,6 +297,12 @@ def _delta(body: dict[str, Any], token: str | None) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _cut(request: web.Request) -> None:
+    """Close the request's connection at once, answered or not."""
+    assert request.transport is not None
+    request.transport.abort()
 
 
 class _Accepted(asyncio.Protocol):
