@@ -17,6 +17,7 @@ from django.conf import settings
 
 from . import events
 from .group_commit import GroupCommit
+from .layers import WorkQueueChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +63,31 @@ def _report_exit(task: asyncio.Task[None]) -> None:
         logger.error("embedded answer worker stopped", exc_info=task.exception())
 
 
-async def to_workers(message: dict[str, Any]) -> None:
+async def to_workers(*messages: dict[str, Any]) -> None:
+    """Put messages on the workers' channel, to be read in this order: with Redis, in one write."""
     await ensure_embedded_worker()
-    await get_channel_layer(settings.LIVEQA_WORKERS_LAYER).send(settings.LIVEQA_WORKER_CHANNEL, message)
+    layer = get_channel_layer(settings.LIVEQA_WORKERS_LAYER)
+    if isinstance(layer, WorkQueueChannelLayer):
+        await layer.send_many(settings.LIVEQA_WORKER_CHANNEL, list(messages))
+    else:
+        for message in messages:
+            await layer.send(settings.LIVEQA_WORKER_CHANNEL, message)
 
 
 async def _hand_over(questions: list[dict[str, Any]]) -> list[None]:
     """Questions asked together (a burst stored by one group commit) cross the layer a few to a message,
-    the messages at once: a worker reads one message at a time, a handful of round trips each, and
-    several messages spread the burst over the workers."""
-    parts = [questions[i : i + HAND_OVER_BATCH] for i in range(0, len(questions), HAND_OVER_BATCH)]
-    await asyncio.gather(*(to_workers(events.questions(part)) for part in parts))
+    the messages in one write: a worker reads one message at a time, and several messages spread the
+    burst over the workers."""
+    await to_workers(
+        *(events.questions(questions[i : i + HAND_OVER_BATCH]) for i in range(0, len(questions), HAND_OVER_BATCH))
+    )
     return [None] * len(questions)
 
 
 HAND_OVER_BATCH = 8
-# A part that fails is handed over again question by question, and one that got through is then
-# delivered twice: a worker answers a question once (AnswerWorker._first_delivery and its claim).
+# A write that fails is handed over again question by question; if it did reach Redis (its reply was
+# lost), its questions are delivered twice: a worker answers a question once (AnswerWorker._first_delivery
+# and its claim).
 _hand_overs = GroupCommit(_hand_over)
 
 

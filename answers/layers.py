@@ -9,15 +9,17 @@ to each listener and dashboard), so an audio piece waited behind every message q
 messages queued while one round trip is in flight go together in the next (one pipeline of PUBLISH
 commands, in the order they were sent), so a burst costs a few round trips instead of one each.
 
-The layer that hands questions to workers is the list-based layer, read in one round trip.
+The layer that hands questions to workers is the list-based layer, written and read in one round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import Any
 
+from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
@@ -76,6 +78,32 @@ class WorkQueueChannelLayer(RedisChannelLayer):
     worker that dies after that loses it either way. A question lost so is not lost from the database:
     the asking connection's watchdog records it as failed (see answers.consumers)."""
 
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        if "!" in channel:  # a process's own channels: channels-redis' send
+            await super().send(channel, message)
+        else:
+            await self.send_many(channel, [message])
+
+    async def send_many(self, channel: str, messages: list[dict[str, Any]]) -> None:
+        """Put `messages` on a shared channel, to be received in this order, in one round trip.
+
+        channels-redis' send takes four (drop expired messages, count, add, renew the expiry), and in a
+        burst each waits a turn of the sender's busy event loop: 50 questions handed over as 7 messages
+        took 16 ms to reach the workers. Here one script does the four. Like channels-redis it raises
+        ChannelFull when the channel is at its capacity, adding none of the messages."""
+        assert self.require_valid_channel_name(channel) and "!" not in channel
+        now = time.time()
+        members: list[bytes | float] = []
+        for i, message in enumerate(messages):  # distinct scores: BZPOPMIN takes the lowest first
+            members += [now + i * 1e-6, self.serialize(message)]
+        add_unless_full = self.connection(next(self._send_index_generator)).register_script(_ADD_UNLESS_FULL)
+        added = await add_unless_full(
+            keys=[self.prefix + channel],
+            args=[int(now) - int(self.expiry), self.get_capacity(channel), int(self.expiry), *members],
+        )
+        if not added:
+            raise ChannelFull()
+
     async def receive(self, channel: str) -> dict[str, Any]:
         if "!" in channel:  # a process's own channels: channels-redis' buffered receive
             return await super().receive(channel)
@@ -86,3 +114,16 @@ class WorkQueueChannelLayer(RedisChannelLayer):
             pass
         _, member, _ = popped
         return self.deserialize(member)
+
+
+# KEYS[1]: the channel's sorted set. ARGV: expired-before, capacity, expiry in seconds, then score and
+# member pairs. The whole batch goes in if the channel has room for it, else none of it.
+_ADD_UNLESS_FULL = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+if redis.call('ZCARD', KEYS[1]) + (#ARGV - 3) / 2 > tonumber(ARGV[2]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""

@@ -166,7 +166,7 @@ async def test_a_question_no_worker_can_be_handed_is_stored_failed_and_the_liste
 ):
     from answers import dispatch
 
-    async def layer_down(message):
+    async def layer_down(*messages):
         raise ConnectionError("channel layer unreachable")
 
     listener = await open_listener()
@@ -187,7 +187,7 @@ async def test_a_question_is_stored_while_a_hanging_channel_layer_holds_its_hand
 
     from answers import dispatch
 
-    async def layer_hangs(message):
+    async def layer_hangs(*messages):
         await asyncio.sleep(1.0)
         raise ConnectionError("channel layer timed out")
 
@@ -211,8 +211,8 @@ async def test_a_question_is_handed_to_a_worker_before_the_database_thread_store
     to_workers = dispatch.to_workers
     handed_over: list[float] = []
 
-    async def hand_over(message):
-        await to_workers(message)
+    async def hand_over(*messages):
+        await to_workers(*messages)
         handed_over.append(time.monotonic())
 
     listener = await open_listener()

@@ -173,8 +173,8 @@ async def test_questions_handed_over_together_cross_the_layer_a_few_to_a_message
     sent: list[dict[str, object]] = []
     gate = asyncio.Event()
 
-    async def to_workers(message: dict[str, object]) -> None:
-        sent.append(message)
+    async def to_workers(*messages: dict[str, object]) -> None:
+        sent.extend(messages)
         await gate.wait()
 
     monkeypatch.setattr(dispatch, "to_workers", to_workers)

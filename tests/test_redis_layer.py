@@ -125,7 +125,8 @@ async def test_two_processes_reading_the_workers_channel_get_each_message_once_i
             while sum(map(len, received)) < 100:
                 await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)  # a copy would arrive by now
-        reads = [command for command in commands if "POP" in command or command.startswith("EVAL")]
+        sends = [command for command in commands if command in ("EVALSHA", "SCRIPT LOAD")]
+        reads = [command for command in commands if command not in sends]
     finally:
         for task in tasks:
             task.cancel()
@@ -134,7 +135,32 @@ async def test_two_processes_reading_the_workers_channel_get_each_message_once_i
             await reader.flush()
     assert sorted(received[0] + received[1]) == list(range(100))
     assert all(ns == sorted(ns) for ns in received) and all(received)
-    assert set(reads) == {"BZPOPMIN"}  # one round trip a message
+    assert set(reads) == {"BZPOPMIN"}  # one round trip a read
+    assert sends.count("EVALSHA") - sends.count("SCRIPT LOAD") == 100  # and one a send, once Redis has the script
+
+
+async def test_messages_sent_together_to_the_workers_channel_are_received_in_order_and_never_past_capacity(settings):
+    """The workers' channel takes a burst's messages in one write, all of them or, past its capacity, none."""
+    from channels.exceptions import ChannelFull
+
+    from answers.layers import WorkQueueChannelLayer
+    from liveqa.settings import LIVEQA_WORKERS_LAYER
+
+    config = redis_channel_layers(settings.REDIS_URL_TEST, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    layer = WorkQueueChannelLayer(**{**config[LIVEQA_WORKERS_LAYER]["CONFIG"], "capacity": 5})
+    channel = f"work-{uuid.uuid4().hex[:8]}"
+    try:
+        await layer.send_many(channel, [{"type": "work", "n": n} for n in range(4)])
+        with pytest.raises(ChannelFull):
+            await layer.send_many(channel, [{"type": "work", "n": n} for n in range(4, 6)])
+        await layer.send(channel, {"type": "work", "n": 6})  # a lone one still fits
+        with pytest.raises(ChannelFull):
+            await layer.send(channel, {"type": "work", "n": 7})
+        assert 0 < await layer.connection(0).ttl(layer.prefix + channel) <= layer.expiry
+        received = [(await asyncio.wait_for(layer.receive(channel), TIMEOUT))["n"] for _ in range(5)]
+        assert received == [0, 1, 2, 3, 6]
+    finally:
+        await layer.flush()
 
 
 async def test_question_is_answered_through_redis(redis_worker, fake_openai):
