@@ -151,6 +151,13 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
             notes.append(f"Question sent → LLM request at the fake: median {median} ms, p95 {p95} ms.")
         if by_round := scenario["liveqa"].get("first_audio_p95_by_round"):
             notes.append(f"First audio p95 by round: {', '.join(str(_ms(p95)) for p95 in by_round)} ms.")
+        if outside := scenario["liveqa"].get("cpu_outside"):
+            names = {"redis": "Redis", "fake": "the fake OpenAI server", "clients": "the clients"}
+            notes.append(
+                "CPU seconds used meanwhile on the same cores outside daphne and the workers: "
+                + ", ".join(f"{names[name]} {seconds:.1f}" for name, seconds in outside.items() if name in names)
+                + "."
+            )
         if late := scenario["liveqa"].get("fake_lateness"):
             token, speech = late["first_chunk_token"], late["speech_first_byte"]
             notes.append(

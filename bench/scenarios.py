@@ -271,10 +271,13 @@ async def scenario_concurrent(options: Options) -> dict[str, Any]:
             return traces
 
         await fetch_json(f"{liveqa.fake_url}/log/clear", "POST")
+        neighbours = ProcessMeter(liveqa.neighbour_pids()).start()
         traces, meter = await measured(liveqa.server_pids(), run)
+        outside = {name: figures["cpu_seconds"] for name, figures in neighbours.stop().items()}
         fake_log = await fetch_json(f"{liveqa.fake_url}/log")
         naive = await with_naive(liveqa.fake_url, liveqa.log_dir, lambda url: ask_many(url, count, "naive", pinging=10))
     result = summarize(traces, meter)
+    result["cpu_outside"] = outside
     rounds_of = [traces[i : i + count] for i in range(0, len(traces), count)]
     by_round = [[t.metrics()["first_audio"] for t in answers if t.ok] for answers in rounds_of]
     result["first_audio_p95_by_round"] = [percentile(times, 95) if times else None for times in by_round]

@@ -3,7 +3,9 @@ baseline server, and the CPU time and peak memory of each of their processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,17 @@ class BenchLiveQA(LiveQA):
 
     def server_pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.processes.items() if name != "fake"}
+
+    def neighbour_pids(self) -> dict[str, int]:
+        """The processes that share LiveQA's cores in the benchmark but are not LiveQA's own: Redis (if this
+        user can see it), the fake OpenAI server, and the clients (this process)."""
+        pids = {"fake": self.processes["fake"].pid, "clients": os.getpid()}
+        redis = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"]
+        if len(redis) == 1:
+            with contextlib.suppress(psutil.Error):
+                redis[0].cpu_times()  # readable by this user
+                pids["redis"] = redis[0].pid
+        return pids
 
 
 @dataclass

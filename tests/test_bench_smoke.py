@@ -43,6 +43,16 @@ def test_quick_benchmark_reports_first_audio_total_ping_and_process_figures(tmp_
     assert (tmp_path / "timeline.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_quick_concurrent_run_reports_the_burst_by_round_and_the_cpu_used_beside_liveqa(tmp_path):
+    concurrent = run_quick(tmp_path, "concurrent", timeout=90)
+    result = concurrent["liveqa"]
+    assert result["answers"] == concurrent["config"]["questions"] * concurrent["config"]["rounds"]
+    assert result["failed"] == 0 and all(p95 > 0 for p95 in result["first_audio_p95_by_round"])
+    assert result["llm_request_delay"]["p95"] > 0
+    assert result["cpu_outside"]["fake"] > 0 and result["cpu_outside"]["clients"] > 0
+    assert "outside daphne and the workers: " in (tmp_path / "bench.md").read_text()
+
+
 def test_quick_fan_out_reports_overlays_first_audio_and_the_separate_pings(tmp_path):
     """The fan-out's ping probe runs in a process of its own and hands its round trips back."""
     fanout = run_quick(tmp_path, "fanout", timeout=90)
