@@ -23,6 +23,7 @@ from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
+from redis.commands.core import AsyncScript
 
 from .group_commit import GroupCommit
 
@@ -96,13 +97,18 @@ class WorkQueueChannelLayer(RedisChannelLayer):
         members: list[bytes | float] = []
         for i, message in enumerate(messages):  # distinct scores: BZPOPMIN takes the lowest first
             members += [now + i * 1e-6, self.serialize(message)]
-        add_unless_full = self.connection(next(self._send_index_generator)).register_script(_ADD_UNLESS_FULL)
-        added = await add_unless_full(
+        added = await self._add_unless_full(
             keys=[self.prefix + channel],
             args=[int(now) - int(self.expiry), self.get_capacity(channel), int(self.expiry), *members],
+            client=self.connection(next(self._send_index_generator)),
         )
         if not added:
             raise ChannelFull()
+
+    @functools.cached_property
+    def _add_unless_full(self) -> AsyncScript:
+        """The script, hashed once; run on whichever connection a send picks."""
+        return self.connection(0).register_script(_ADD_UNLESS_FULL)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         if "!" in channel:  # a process's own channels: channels-redis' buffered receive

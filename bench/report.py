@@ -155,7 +155,7 @@ def render_markdown(results: dict[str, Any], previous: str = "") -> str:
             names = {"redis": "Redis", "fake": "the fake OpenAI server", "clients": "the clients"}
             notes.append(
                 "CPU seconds used meanwhile on the same cores outside daphne and the workers: "
-                + ", ".join(f"{names[name]} {seconds:.1f}" for name, seconds in outside.items() if name in names)
+                + ", ".join(f"{names[name]} {seconds:.1f}" for name, seconds in outside.items())
                 + "."
             )
         if late := scenario["liveqa"].get("fake_lateness"):
